@@ -1,0 +1,121 @@
+"""Orbax checkpoints of what trains: one `CheckpointManager` directory per trained model.
+
+A directory `WORKDIR/<stage>/<name>/` holds numbered step folders (each saved atomically by
+orbax: written to a temporary folder, then renamed) and `config.json`, the config that made
+them. Each step holds two items of plain nested dicts, so a user can restore them with plain
+orbax calls: `model` = `{params, model_state}` (all that evaluation or a later stage needs) and
+`train` = `{step, opt_state}` (only what resuming needs). Kept: the latest `keep` steps and the best step by
+validation top-1. Restores go into abstract targets (`jax.ShapeDtypeStruct` with the caller's
+shardings), so a checkpoint written on 8 devices restores on 1 and vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+VAL_METRIC = "val_top1"
+
+
+class Checkpoints:
+  """A thin wrapper over `ocp.CheckpointManager` with the project's policies."""
+
+  def __init__(self, directory: str, *, keep: int = 2, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    policies = ocp.checkpoint_managers
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                             cleanup_tmp_directories=False)
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+      return
+    options = ocp.CheckpointManagerOptions(
+        # The loop decides when to save (at each evaluation and at the end).
+        save_decision_policy=policies.ContinuousCheckpointingPolicy(),
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m[VAL_METRIC], n=1,
+                           keep_checkpoints_without_metrics=False),
+        ]),
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+    )
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  # Queries --------------------------------------------------------------------------------
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def metrics(self, step: int) -> dict[str, float] | None:
+    return self.manager.metrics(step)
+
+  def best_step(self) -> int | None:
+    """The kept step with the highest validation top-1 (ties: the later step)."""
+    scored = [(m[VAL_METRIC], s) for s in self.steps()
+              if (m := self.metrics(s)) and VAL_METRIC in m]
+    return max(scored)[1] if scored else None
+
+  # Save / restore ---------------------------------------------------------------------------
+  def save(self, step: int, model: Any, train: Any,
+           metrics: dict[str, float] | None = None) -> None:
+    self.manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
+                                                    train=ocp.args.StandardSave(train)),
+                      metrics=metrics, force=True)
+    self.manager.wait_until_finished()
+
+  def restore_model(self, step: int, abstract_model: Any) -> Any:
+    """Restores the `model` item of `step` into the structure, dtypes and shardings given."""
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(model=ocp.args.StandardRestore(abstract_model)))
+    return out["model"]
+
+  def restore(self, step: int, abstract_model: Any, abstract_train: Any) -> tuple[Any, Any]:
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(abstract_model),
+        train=ocp.args.StandardRestore(abstract_train)))
+    return out["model"], out["train"]
+
+  def close(self) -> None:
+    self.manager.close()
+
+  # The config beside the checkpoints ---------------------------------------------------------
+  def write_config(self, config_dict: dict) -> None:
+    if jax.process_index() == 0:
+      write_json_atomic(os.path.join(self.directory, "config.json"), config_dict)
+
+  def read_config(self) -> dict | None:
+    path = os.path.join(self.directory, "config.json")
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+
+def meta_mismatch(stored: dict | None, meta: dict) -> tuple[str, Any, Any] | None:
+  """The first `(key, stored value, wanted value)` that differs, compared as JSON, or None."""
+  stored = (stored or {}).get("meta", {})
+  wanted = json.loads(json.dumps(meta))
+  for key, value in wanted.items():
+    if key in stored and stored[key] != value:
+      return key, stored[key], value
+  return None
+
+
+def abstract_like(tree: Any, sharding) -> Any:
+  """`jax.ShapeDtypeStruct`s of a (possibly abstract) tree, all with `sharding`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON so that a crash leaves either the old or the new file, never half of one."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=False)
+    f.write("\n")
+  os.replace(tmp, path)

@@ -1,0 +1,78 @@
+"""A Flax NNX model in functional form, so the train step can be a pure jitted function.
+
+Variables travel as plain nested dicts: `params` (everything `nnx.Param`) and `model_state`
+(everything else, e.g. BatchNorm statistics). Plain dicts keep checkpoints restorable with plain
+orbax calls and let frozen teachers be ordinary jit inputs under `stop_gradient`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  try:
+    return DTYPES[name]
+  except KeyError:
+    raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}") from None
+
+
+def _fill(template: nnx.State, pure: dict) -> nnx.State:
+  state = jax.tree.map(lambda x: x, template)
+  nnx.replace_by_pure_dict(state, pure)
+  return state
+
+
+class ModelFn:
+  """Wraps a constructor `make(rngs) -> nnx.Module` as `init(key)` and `apply(variables, ...)`."""
+
+  def __init__(self, make: Callable[[nnx.Rngs], nnx.Module]):
+    self._make = make
+    abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    self.graphdef, self._params_t, self._state_t = nnx.split(abstract, nnx.Param, ...)
+    self.level_names = tuple(getattr(abstract, "level_names", ()))
+    self.image_size = getattr(abstract, "image_size", None)
+
+  def init(self, key) -> dict[str, Any]:
+    model = self._make(nnx.Rngs(key))
+    _, params, state = nnx.split(model, nnx.Param, ...)
+    return {"params": params.to_pure_dict(), "model_state": state.to_pure_dict()}
+
+  def module(self, variables: dict[str, Any]) -> nnx.Module:
+    return nnx.merge(self.graphdef, _fill(self._params_t, variables["params"]),
+                     _fill(self._state_t, variables["model_state"]))
+
+  def apply(self, variables, x, *, train: bool, key=None):
+    """Returns (logits, feature levels, new model_state)."""
+    model = self.module(variables)
+    rngs = nnx.Rngs(dropout=key) if key is not None else None
+    logits, feats = model(x, train=train, rngs=rngs)
+    _, _, new_state = nnx.split(model, nnx.Param, ...)
+    return logits, feats, new_state.to_pure_dict()
+
+
+def from_config(model_cfg, *, num_classes: int, image_size: int, dtype=jnp.float32) -> ModelFn:
+  """A registered model from a config block `{name, **kwargs}`."""
+  from mlfd_jax.models import create_model  # local: keeps this module importable on its own
+
+  cfg = dict(model_cfg)
+  name = cfg.pop("name")
+  return ModelFn(lambda rngs: create_model(name, num_classes=num_classes, image_size=image_size,
+                                           rngs=rngs, dtype=dtype, **cfg))
+
+
+def level_shapes(model: ModelFn, image_size: int, *, channels: int = 3
+                 ) -> dict[str, tuple[int, ...]]:
+  """`{level: per-example shape}` of a model's features at `image_size`, without computing."""
+  def forward(key):
+    x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+    return model.apply(model.init(key), x, train=False)[1]
+
+  feats = jax.eval_shape(forward, jax.random.key(0))
+  return {k: tuple(v.shape[1:]) for k, v in feats.items()}

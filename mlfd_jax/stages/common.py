@@ -1,0 +1,72 @@
+"""What every stage needs from the config: datasets, models, mesh, paths, writers."""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from mlfd_jax import data, logs, modelfn, parallel, results, train
+
+
+def dataset_names(config) -> list[str]:
+  """Datasets in a fixed order (sorted by name): it defines joint-teacher head indices."""
+  names = list(config.datasets.keys())
+  if not names:
+    raise ValueError("config.datasets is empty: configure at least one dataset")
+  return names
+
+
+def build_dataset(config, name: str):
+  if name not in config.datasets:
+    raise ValueError(f"unknown dataset {name!r}; configured: {', '.join(dataset_names(config))}")
+  block = dict(config.datasets[name].to_dict())
+  block.setdefault("name", name)
+  return data.build_dataset(block)
+
+
+def model_block(config, group: str, name: str) -> dict:
+  """The model config of dataset `name` in `config.<group>` (`teachers` or `students`)."""
+  blocks = config[group]
+  if name not in blocks:
+    raise ValueError(f"config.{group} has no model for dataset {name!r}; "
+                     f"it has: {', '.join(blocks.keys()) or 'none'}")
+  return dict(blocks[name].to_dict())
+
+
+def model_fn(block: dict, *, num_classes: int, image_size: int, train_cfg) -> modelfn.ModelFn:
+  return modelfn.from_config(block, num_classes=num_classes, image_size=image_size,
+                             dtype=modelfn.compute_dtype(train_cfg.get("dtype", "float32")))
+
+
+def mesh(config):
+  return parallel.make_mesh(int(config.get("num_devices", 0) or 0) or None)
+
+
+def stage_dir(workdir: str, stage: str, name: str) -> str:
+  return os.path.join(workdir, stage, name)
+
+
+def writer(workdir: str, stage: str, name: str):
+  return logs.make_writer(os.path.join(workdir, "tensorboard", stage, name))
+
+
+def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, config_path: str,
+                  config, model: str, num_classes: dict[str, int], force: bool = False) -> None:
+  """Evaluates best and last checkpoints and records them in results.json as `model`.
+
+  Entries already recorded for the same steps are kept as they are unless `force`, so rerunning
+  a finished command evaluates nothing again.
+  """
+  best, last = ckpts.best_step(), ckpts.latest_step()
+  todo = [es for es in eval_sets
+          if force or not results.is_current(workdir, es.name, model, best, last)]
+  if not todo:
+    return
+  for name, entry in train.report(task, ckpts, todo, train_cfg, mesh).items():
+    logging.info("[%s] %s best step %d: val %.4f test top1 %.4f top5 %.4f (last step %d: "
+                 "test top1 %.4f)", model, name, entry["step"], entry["val_top1"],
+                 entry["test_top1"], entry["test_top5"], entry["last"]["step"],
+                 entry["last"]["test_top1"])
+    results.record(workdir, config_path=config_path, seed=config.seed, dataset=name,
+                   num_classes=num_classes[name], model=model, entry=entry)

@@ -1,0 +1,23 @@
+"""Every test process sees 8 fake CPU devices, so sharding is exercised on a laptop/CI box."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def digits_config():
+  """The offline demo's `tiny` variant: a few steps per stage."""
+  from configs import digits
+  return digits.get_config("tiny")

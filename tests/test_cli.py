@@ -1,0 +1,141 @@
+"""The command line as a user meets it: configs, stage 1 end to end, bad input, kill -9 resume."""
+
+import hashlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mlfd_jax import main as mlfd_main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, timeout=600, **kw):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  return subprocess.run([sys.executable, "-m", "mlfd_jax.main", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _tree_digest(path):
+  h = hashlib.sha256()
+  for p in sorted(pathlib.Path(path).rglob("*")):
+    if p.is_file():
+      h.update(str(p.relative_to(path)).encode())
+      h.update(p.read_bytes())
+  return h.hexdigest()
+
+
+def test_teachers_stage_writes_results(digits_config, tmp_path):
+  digits_config.stage = "teachers"
+  mlfd_main.run(digits_config, str(tmp_path), "configs/digits.py:tiny")
+  res = json.loads((tmp_path / "results.json").read_text())
+  assert res["config"] == "configs/digits.py:tiny" and res["seed"] == 0
+  assert sorted(res["datasets"]) == ["digits_a", "digits_b", "digits_c"]
+  assert [res["datasets"][n]["num_classes"] for n in ("digits_a", "digits_b", "digits_c")] == [4, 3, 3]
+  for entry in res["datasets"].values():
+    t = entry["teacher"]
+    assert 0.0 <= t["test_top1"] <= t["test_top5"] <= 1.0
+    assert set(t) >= {"val_top1", "test_top1", "test_top5", "step", "last"}
+    assert "student" not in entry  # not trained -> absent, never zero
+  for name in ("digits_a", "digits_b", "digits_c"):
+    d = tmp_path / "teachers" / name
+    assert (d / "config.json").exists() and (d / "4").is_dir()
+  assert any((tmp_path / "tensorboard" / "teachers" / "digits_a").iterdir())
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: setattr(c, "stage", "teacher"), "unknown stage 'teacher'"),
+    (lambda c: setattr(c.datasets.digits_a, "source", "mnsit"), "'mnsit'"),
+    (lambda c: setattr(c.teachers.digits_a, "name", "resnet19"), "'resnet19'"),
+    (lambda c: setattr(c.teacher_train.optimizer, "name", "adam"), "'adam'"),
+    (lambda c: setattr(c.teacher_train.schedule, "name", "linear"), "'linear'"),
+    (lambda c: setattr(c.teacher_train, "batch_size", 63), "batch_size=63"),
+    (lambda c: setattr(c.teacher_train, "dtype", "fp16"), "'fp16'"),
+])
+def test_bad_input_names_the_value_and_keeps_checkpoints(digits_config, tmp_path, mutate, message):
+  digits_config.stage = "teachers"
+  mlfd_main.run(digits_config, str(tmp_path))
+  before = _tree_digest(tmp_path / "teachers")
+  digits_config.teacher_train.steps = 8  # would train further if it got that far
+  mutate(digits_config)
+  with pytest.raises(mlfd_main.INPUT_ERRORS, match=message.replace("(", r"\(")):
+    mlfd_main.run(digits_config, str(tmp_path))
+  assert _tree_digest(tmp_path / "teachers") == before
+
+
+def test_missing_npz_and_bad_labels(digits_config, tmp_path):
+  digits_config.stage = "teachers"
+  block = digits_config.datasets.digits_a
+  missing = tmp_path / "nope.npz"
+  digits_config.datasets.digits_a = dict(source="npz", path=str(missing), image_size=16)
+  with pytest.raises(FileNotFoundError, match="nope.npz"):
+    mlfd_main.run(digits_config, str(tmp_path / "w"))
+  bad = tmp_path / "bad.npz"
+  x = np.zeros((20, 8, 8, 1), np.uint8)
+  y = np.array([0, 1] * 9 + [0, 7], np.int32)
+  np.savez(bad, x_train=x, y_train=y, x_test=x, y_test=y)
+  digits_config.datasets.digits_a = dict(source="npz", path=str(bad), image_size=16,
+                                         num_classes=2)
+  with pytest.raises(ValueError, match="bad.npz"):
+    mlfd_main.run(digits_config, str(tmp_path / "w"))
+  del block
+
+
+def test_unwritable_workdir(digits_config, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(PermissionError, match="not writable"):
+    mlfd_main.run(digits_config, str(blocker / "sub"))
+
+
+def test_cli_one_line_error_and_config_key_typo(tmp_path):
+  r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=nope")
+  assert r.returncode == 2
+  assert "mlfd_jax: error: unknown stage 'nope'; valid:" in r.stderr and "Traceback" not in r.stderr
+  r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path}",
+           "--config.teacher_train.stpes=3")
+  assert r.returncode != 0 and "stpes" in r.stderr
+  r = _cli("--config=configs/digits.py:huge", f"--workdir={tmp_path}")
+  assert r.returncode != 0 and "huge" in r.stderr
+
+
+def test_compute_core_imports_neither_tensorflow_nor_clu():
+  code = ("import sys; import mlfd_jax.models, mlfd_jax.train, mlfd_jax.parallel, "
+          "mlfd_jax.checkpoint, mlfd_jax.distill.losses, mlfd_jax.modelfn, mlfd_jax.optim; "
+          "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu', "
+          "'tensorflow_datasets')]; print(bad); sys.exit(1 if bad else 0)")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_kill_9_then_rerun_resumes(tmp_path):
+  """Kill the teachers stage mid-training, rerun the same command, it resumes and finishes."""
+  args = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
+          "--config.teacher_train.steps=400", "--config.teacher_train.eval_every=20",
+          "--config.teacher_train.log_every=20", "--config.teacher_train.batch_size=16"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.Popen([sys.executable, "-m", "mlfd_jax.main", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckdir = tmp_path / "teachers" / "digits_a"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if ckdir.is_dir() and any(p.name.isdigit() and int(p.name) >= 40 for p in ckdir.iterdir()):
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "finished before it could be killed; raise steps"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = max(int(p.name) for p in ckdir.iterdir() if p.name.isdigit())
+  assert 0 < saved < 400
+  r = _cli(*args, "--config.teacher_train.steps=400")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resuming at step {saved}/400" in r.stderr
+  res = json.loads((tmp_path / "results.json").read_text())
+  assert {"digits_a", "digits_b", "digits_c"} <= set(res["datasets"])

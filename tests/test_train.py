@@ -1,0 +1,115 @@
+"""The shared loop: sharding invariance, exact resume, restore on another device count."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from mlfd_jax import checkpoint, parallel, train
+from mlfd_jax.stages import common, teachers
+
+
+def _teacher(config, name="digits_a"):
+  ds = common.build_dataset(config, name)
+  return ds, teachers.teacher_task(config, name, ds)
+
+
+def _run_steps(task, ds, cfg, mesh, steps, seed=0):
+  trainer = train.Trainer(task, cfg, mesh, total_steps=steps)
+  model, state = trainer.init(jax.random.key(seed))
+  key = jax.device_put(jax.random.key(seed + 1), parallel.replicated(mesh))
+  batches = ds.train_batches(int(cfg.batch_size), seed=seed)
+  losses = []
+  for _ in range(steps):
+    batch = parallel.to_global(next(batches), mesh)
+    model, state, m = trainer.step(model, state, batch, key)
+    losses.append(float(m["loss"]))
+  return jax.device_get(model), losses
+
+
+def test_eight_devices_compute_the_same_parameters_as_one(digits_config):
+  assert jax.device_count() == 8
+  cfg = digits_config.teacher_train
+  cfg.batch_size = 16
+  ds, task = _teacher(digits_config)
+  one, losses1 = _run_steps(task, ds, cfg, parallel.make_mesh(1), steps=3)
+  eight, losses8 = _run_steps(task, ds, cfg, parallel.make_mesh(8), steps=3)
+  assert losses1[-1] != losses1[0]  # it trained
+  np.testing.assert_allclose(losses1, losses8, rtol=1e-4)
+  flat1, flat8 = jax.tree.leaves(one), jax.tree.leaves(eight)
+  assert len(flat1) == len(flat8) > 10
+  for a, b in zip(flat1, flat8):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_resume_reproduces_the_uninterrupted_run(digits_config, tmp_path):
+  cfg = digits_config.teacher_train
+  cfg.steps, cfg.eval_every = 6, 3
+  ds, task = _teacher(digits_config)
+  mesh = parallel.make_mesh(2)
+  full = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "full"), mesh=mesh,
+                   seed=0)
+  part = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "part"), mesh=mesh,
+                   seed=0)
+  assert part.steps() == [3, 6]
+  # Interrupt: lose the final checkpoint, so the next fit must resume from step 3.
+  shutil.rmtree(os.path.join(part.directory, "6"))
+  part.close()
+  resumed = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "part"),
+                      mesh=mesh, seed=0)
+  assert resumed.latest_step() == 6
+  a = train.restore_model(full, task, mesh, 6)
+  b = train.restore_model(resumed, task, mesh, 6)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+def test_finished_directory_is_not_retrained(digits_config, tmp_path):
+  ds, task = _teacher(digits_config)
+  mesh = parallel.make_mesh(1)
+  cfg = digits_config.teacher_train
+  ck = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
+  stamp = {s: os.stat(os.path.join(ck.directory, str(s))).st_mtime_ns for s in ck.steps()}
+  ck.close()
+  again = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
+  assert {s: os.stat(os.path.join(again.directory, str(s))).st_mtime_ns
+          for s in again.steps()} == stamp
+
+
+def test_restore_on_a_different_device_count_and_best_step(digits_config, tmp_path):
+  ds, task = _teacher(digits_config)
+  cfg = digits_config.teacher_train
+  ck = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=parallel.make_mesh(8),
+                 seed=0)
+  on8 = train.restore_model(ck, task, parallel.make_mesh(8), ck.latest_step())
+  on1 = train.restore_model(ck, task, parallel.make_mesh(1), ck.latest_step())
+  leaf = jax.tree.leaves(on1)[0]
+  assert len(leaf.sharding.device_set) == 1
+  for x, y in zip(jax.tree.leaves(on8), jax.tree.leaves(on1)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  scores = {s: ck.metrics(s)[checkpoint.VAL_METRIC] for s in ck.steps()}
+  assert ck.best_step() == max(scores, key=lambda s: (scores[s], s))
+
+
+def test_checkpoint_made_for_another_model_is_refused(digits_config, tmp_path):
+  ds, task = _teacher(digits_config, "digits_a")
+  mesh = parallel.make_mesh(1)
+  train.fit(task, ds, [train.EvalSet("a", ds)], digits_config.teacher_train, str(tmp_path),
+            mesh=mesh, seed=0).close()
+  digits_config.teachers.digits_a.name = "resnet34"
+  digits_config.teacher_train.steps = 8
+  _, other = _teacher(digits_config, "digits_a")
+  with pytest.raises(ValueError, match="resnet34"):
+    train.fit(other, ds, [train.EvalSet("a", ds)], digits_config.teacher_train, str(tmp_path),
+              mesh=mesh, seed=0)
+
+
+def test_num_steps_from_epochs(digits_config):
+  cfg = digits_config.teacher_train
+  cfg.steps, cfg.epochs, cfg.batch_size = 0, 2.0, 64
+  assert train.num_steps(cfg, 100) == 4
+  cfg.epochs = 0.0
+  with pytest.raises(ValueError, match="steps"):
+    train.num_steps(cfg, 100)
