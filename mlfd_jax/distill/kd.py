@@ -1,0 +1,23 @@
+"""Logit-only distillation from the joint teacher (Hinton et al.): MLFD with no feature term.
+
+  L = w_kd * T^2 * KL(softmax(z_T/T) || softmax(z_S/T)) + w_ce * CE(z_S, y)
+"""
+
+from __future__ import annotations
+
+from mlfd_jax.distill.base import METHODS
+from mlfd_jax.distill.mlfd import MLFD
+
+
+class KD(MLFD):
+  name = "kd"
+
+  def __init__(self, cfg, *, student_shapes, teacher_shapes):
+    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
+                     levels=())
+    self.w_feat = 0.0
+
+
+@METHODS.register("kd")
+def _kd(cfg, *, student_shapes, teacher_shapes):
+  return KD(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes)

@@ -1,0 +1,81 @@
+"""MLFD's student loss: logit KD + feature MSE at several levels + cross-entropy.
+
+  L = w_kd * T^2 * KL(softmax(z_T/T) || softmax(z_S/T))
+    + w_feat * sum_{l in levels} MSE(A_l(F_S^l), M_T^l)
+    + w_ce * CE(z_S, y)
+
+`levels` is `all` (every level the joint teacher emits: the paper) or a list, e.g. `[stage4]`
+(only the last conv map: the reference code). A_l is identity when the student's width at l
+equals the joint teacher's, else a learned 1x1 conv (dense for `pooled`) owned by the method.
+When the spatial sizes differ (a student of another family than the reference student), the
+teacher's map is resized to the student's grid.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from mlfd_jax.distill import losses
+from mlfd_jax.distill.base import METHODS, linear_apply, linear_init
+from mlfd_jax.models.fusion import resize_map
+
+
+def resolve_levels(levels, student_shapes: dict, teacher_shapes: dict) -> tuple[str, ...]:
+  """Config `levels` -> the level names to distil, checked against both models."""
+  if isinstance(levels, str):
+    levels = tuple(teacher_shapes) if levels == "all" else (levels,)
+  levels = tuple(levels)
+  for level in levels:
+    for who, shapes in (("joint teacher", teacher_shapes), ("student", student_shapes)):
+      if level not in shapes:
+        raise ValueError(f"distill.levels has {level!r}, which the {who} does not emit; "
+                         f"it has: {', '.join(shapes)}")
+    s, t = student_shapes[level], teacher_shapes[level]
+    if len(s) != len(t):
+      raise ValueError(f"level {level!r}: student shape {s} and joint-teacher shape {t} "
+                       f"cannot be matched (a map and a vector)")
+  return levels
+
+
+class MLFD:
+  """Multi-level feature distillation (w_feat > 0 over `levels`)."""
+
+  name = "mlfd"
+
+  def __init__(self, cfg, *, student_shapes: dict, teacher_shapes: dict, levels=None):
+    self.w_kd, self.w_feat, self.w_ce = float(cfg.w_kd), float(cfg.w_feat), float(cfg.w_ce)
+    self.temperature = float(cfg.temperature)
+    self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
+    self.levels = resolve_levels(cfg.levels if levels is None else levels, student_shapes,
+                                 teacher_shapes)
+    self.student_shapes, self.teacher_shapes = student_shapes, teacher_shapes
+    self.adapted = tuple(l for l in self.levels
+                         if student_shapes[l][-1] != teacher_shapes[l][-1])
+
+  def init(self, key):
+    keys = jax.random.split(key, max(len(self.adapted), 1))
+    return {"adaptors": {l: linear_init(k, self.student_shapes[l][-1], self.teacher_shapes[l][-1])
+                         for l, k in zip(self.adapted, keys)}}
+
+  def loss(self, params, *, student, teacher, labels):
+    z_s, f_s = student
+    z_t, f_t = teacher
+    terms = {"kd": losses.kd_kl(z_s, z_t, self.temperature),
+             "ce": losses.cross_entropy(z_s, labels, self.label_smoothing)}
+    feat_total = 0.0
+    for level in self.levels:
+      s, t = f_s[level], f_t[level]
+      if level in self.adapted:
+        s = linear_apply(params["adaptors"][level], s)
+      if t.ndim == 4:
+        t = resize_map(t, s.shape[1:3])
+      terms[f"feat/{level}"] = losses.mse(s, t)
+      feat_total = feat_total + terms[f"feat/{level}"]
+    terms["feat"] = feat_total
+    total = self.w_kd * terms["kd"] + self.w_feat * feat_total + self.w_ce * terms["ce"]
+    return total, terms
+
+
+@METHODS.register("mlfd")
+def _mlfd(cfg, *, student_shapes, teacher_shapes):
+  return MLFD(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes)
