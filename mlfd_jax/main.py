@@ -60,8 +60,13 @@ def run(config, workdir: str, config_path: str = "") -> None:
 
 def _quiet_library_info_logs() -> None:
   """Orbax logs every save/restore step at INFO; keep its warnings, drop the chatter."""
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= logging.converter.STANDARD_WARNING or "/orbax/" not in r.pathname)
+  def keep(record) -> bool:
+    if "/orbax/" not in record.pathname:
+      return True
+    return (record.levelno >= logging.converter.STANDARD_WARNING
+            and "read only" not in record.getMessage())
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 def main(argv) -> None:

@@ -179,10 +179,11 @@ def _check_meta(ckpts: checkpoint.Checkpoints, meta: dict) -> None:
 
 def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: str, *,
         mesh, seed: int, writer: Writer | None = None, config_dict: dict | None = None,
-        ) -> checkpoint.Checkpoints:
+        ) -> tuple[checkpoint.Checkpoints, Trainer]:
   """Trains `task` to `train_cfg`'s step count in `ckpt_dir`, resuming from its latest step.
 
-  Returns the checkpoint directory's manager; a finished directory is returned untouched.
+  Returns the checkpoint directory's manager and the trainer (whose compiled evaluation
+  `report` can reuse); a finished directory is returned untouched.
   """
   parallel.check_batch_size(int(train_cfg.batch_size), mesh)
   total = num_steps(train_cfg, train_data.num_examples("train"))
@@ -192,7 +193,7 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
   if latest is not None and latest >= total:
     logging.info("[%s] finished checkpoint at step %d in %s: nothing to train", task.name,
                  latest, ckpt_dir)
-    return ckpts
+    return ckpts, Trainer(task, train_cfg, mesh, total)
 
   trainer = Trainer(task, train_cfg, mesh, total)
   if latest is None:
@@ -245,7 +246,7 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
         writer.flush()
       ckpts.save(done, model, train, metrics=val)
       window_start = time.perf_counter()  # keep eval and save time out of img/s
-  return ckpts
+  return ckpts, trainer
 
 
 def restore_model(ckpts: checkpoint.Checkpoints, task: Task, mesh, step: int):
@@ -256,26 +257,25 @@ def restore_model(ckpts: checkpoint.Checkpoints, task: Task, mesh, step: int):
 
 
 def report(task: Task, ckpts: checkpoint.Checkpoints, eval_sets: list[EvalSet], train_cfg,
-           mesh) -> dict[str, dict[str, Any]]:
+           mesh, trainer: Trainer | None = None) -> dict[str, dict[str, Any]]:
   """val/test top-1 and test top-5 per eval set, for the best-by-val and the last step.
 
   Model selection uses only validation; the test split is read only here, for reporting.
+  Pass the `Trainer` that trained the task to reuse its compiled evaluation.
   """
-  trainer = Trainer(task, train_cfg, mesh, total_steps=1)
+  trainer = trainer or Trainer(task, train_cfg, mesh, total_steps=1)
   best, last = ckpts.best_step(), ckpts.latest_step()
   if last is None:
     raise ValueError(f"no checkpoint in {ckpts.directory}")
   best = last if best is None else best
-  results: dict[str, dict[str, Any]] = {es.name: {} for es in eval_sets}
-  for which, step in (("best", best), ("last", last)):
+  evaluated: dict[int, dict[str, dict[str, Any]]] = {}
+  for step in dict.fromkeys((best, last)):
     model = restore_model(ckpts, task, mesh, step)
+    evaluated[step] = {}
     for es in eval_sets:
       val = trainer.evaluate(model, es, "val")
       test = trainer.evaluate(model, es, "test")
-      entry = {"val_top1": val["top1"], "test_top1": test["top1"], "test_top5": test["top5"],
-               "step": step}
-      if which == "best":
-        results[es.name].update(entry)
-      else:
-        results[es.name]["last"] = entry
-  return results
+      evaluated[step][es.name] = {"val_top1": val["top1"], "test_top1": test["top1"],
+                                  "test_top5": test["top5"], "step": step}
+  return {es.name: {**evaluated[best][es.name], "last": evaluated[last][es.name]}
+          for es in eval_sets}

@@ -6,7 +6,7 @@ import os
 
 from absl import logging
 
-from mlfd_jax import data, logs, modelfn, parallel, results, train
+from mlfd_jax import checkpoint, data, logs, modelfn, parallel, results, train
 
 
 def dataset_names(config) -> list[str]:
@@ -52,21 +52,57 @@ def writer(workdir: str, stage: str, name: str):
 
 
 def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, config_path: str,
-                  config, model: str, num_classes: dict[str, int], force: bool = False) -> None:
+                  config, model: str, num_classes: dict[str, int], force: bool = False,
+                  trainer=None) -> None:
   """Evaluates best and last checkpoints and records them in results.json as `model`.
 
   Entries already recorded for the same steps are kept as they are unless `force`, so rerunning
-  a finished command evaluates nothing again.
+  a finished command evaluates nothing again. `task` may be a zero-argument function returning
+  the task, so that nothing (teachers, joint teacher) is restored when nothing is evaluated.
   """
   best, last = ckpts.best_step(), ckpts.latest_step()
   todo = [es for es in eval_sets
           if force or not results.is_current(workdir, es.name, model, best, last)]
   if not todo:
     return
-  for name, entry in train.report(task, ckpts, todo, train_cfg, mesh).items():
+  if callable(task) and not isinstance(task, train.Task):
+    task = task()  # built only when something needs evaluating
+  for name, entry in train.report(task, ckpts, todo, train_cfg, mesh, trainer).items():
     logging.info("[%s] %s best step %d: val %.4f test top1 %.4f top5 %.4f (last step %d: "
                  "test top1 %.4f)", model, name, entry["step"], entry["val_top1"],
                  entry["test_top1"], entry["test_top5"], entry["last"]["step"],
                  entry["last"]["test_top1"])
     results.record(workdir, config_path=config_path, seed=config.seed, dataset=name,
                    num_classes=num_classes[name], model=model, entry=entry)
+
+
+def train_and_report(make_task, train_data, eval_sets, train_cfg, *, stage: str, name: str,
+                     workdir: str, config, config_path: str, mesh, seed: int, model: str,
+                     num_classes: dict[str, int]) -> None:
+  """Trains (or resumes) one model of a stage and records its accuracies.
+
+  A finished checkpoint directory is neither rebuilt nor retrained: `make_task` (which may have
+  to restore frozen teachers) runs only if there is training or evaluating to do.
+  """
+  directory = stage_dir(workdir, stage, name)
+  total = train.num_steps(train_cfg, train_data.num_examples("train"))
+  report = dict(mesh=mesh, workdir=workdir, config_path=config_path, config=config, model=model,
+                num_classes=num_classes)
+  if os.path.isdir(directory):
+    done = checkpoint.Checkpoints(directory, read_only=True)
+    try:
+      latest = done.latest_step()
+      if latest is not None and latest >= total:
+        logging.info("[%s/%s] finished (step %d): skipping training", stage, name, latest)
+        record_report(make_task, done, eval_sets, train_cfg, **report)
+        return
+    finally:
+      done.close()
+  task = make_task()
+  ckpts, trainer = train.fit(task, train_data, eval_sets, train_cfg, directory, mesh=mesh,
+                             seed=seed, writer=writer(workdir, stage, name),
+                             config_dict=config.to_dict())
+  try:
+    record_report(task, ckpts, eval_sets, train_cfg, trainer=trainer, **report)
+  finally:
+    ckpts.close()

@@ -23,57 +23,43 @@ def _has_checkpoint(directory: str) -> bool:
   return os.path.isdir(directory) and any(p.isdigit() for p in os.listdir(directory))
 
 
-def _report(task, directory, eval_sets, train_cfg, model, *, datasets_by_name, **kw):
-  ckpts = checkpoint.Checkpoints(directory, read_only=True)
-  try:
-    common.record_report(task, ckpts, eval_sets, train_cfg, model=model,
-                         num_classes={n: d.num_classes for n, d in datasets_by_name.items()},
-                         **kw)
-  finally:
-    ckpts.close()
-
-
 def evaluate_workdir(config, workdir: str, *, config_path: str = "", force: bool = True) -> dict:
+  """Records every checkpoint found under `workdir`; returns the results dict."""
   mesh = common.mesh(config)
   names = common.dataset_names(config)
   datasets = [common.build_dataset(config, n) for n in names]
-  by_name = dict(zip(names, datasets))
-  args = dict(mesh=mesh, workdir=workdir, config_path=config_path, config=config,
-              datasets_by_name=by_name, force=force)
+  frozen = students_stage.FrozenModels(config, workdir, names, datasets, mesh, config_path)
+  num_classes = {n: d.num_classes for n, d in zip(names, datasets)}
 
-  for name, ds in by_name.items():
-    d = common.stage_dir(workdir, teachers_stage.STAGE, name)
-    if _has_checkpoint(d):
-      _report(teachers_stage.teacher_task(config, name, ds), d, [train.EvalSet(name, ds)],
-              config.teacher_train, model="teacher", **args)
+  def report(make_task, stage, target, eval_sets, train_cfg, model):
+    directory = common.stage_dir(workdir, stage, target)
+    if not _has_checkpoint(directory):
+      return
+    ckpts = checkpoint.Checkpoints(directory, read_only=True)
+    try:
+      common.record_report(make_task, ckpts, eval_sets, train_cfg, mesh=mesh, workdir=workdir,
+                           config_path=config_path, config=config, model=model,
+                           num_classes=num_classes, force=force)
+    finally:
+      ckpts.close()
 
-  teacher_dirs = [common.stage_dir(workdir, teachers_stage.STAGE, n) for n in names]
-  if all(_has_checkpoint(d) for d in teacher_dirs):
-    teacher_vars = None
-    for target, heads in joint_stage.targets(config, names):
-      d = common.stage_dir(workdir, joint_stage.STAGE, target)
-      if not _has_checkpoint(d):
-        continue
-      if teacher_vars is None:
-        teacher_vars = joint_stage.load_teachers(config, workdir, names, datasets, mesh,
-                                                 config_path)
-      task = joint_stage.build_task(config, workdir, names, datasets, mesh, config_path, heads,
-                                    teacher_vars)
-      eval_sets = [train.EvalSet(names[i], datasets[i], head=h) for h, i in enumerate(heads)]
-      _report(task, d, eval_sets, config.joint_train, model="joint_teacher", **args)
-
-  for i, (name, ds) in enumerate(by_name.items()):
-    d = common.stage_dir(workdir, students_stage.STAGE, name)
-    if not _has_checkpoint(d):
-      continue
-    joint, frozen, head, _ = students_stage.joint_for(config, workdir, names, datasets, mesh,
-                                                      config_path, i)
-    task = students_stage.student_task(config, name, ds, joint, frozen, head)
-    _report(task, d, [train.EvalSet(name, ds)], config.student_train, model="student", **args)
+  for name, ds in zip(names, datasets):
+    report(lambda: teachers_stage.teacher_task(config, name, ds), teachers_stage.STAGE, name,
+           [train.EvalSet(name, ds)], config.teacher_train, "teacher")
+  for target, heads in joint_stage.targets(config, names):
+    report(lambda: joint_stage.build_task(config, workdir, names, datasets, mesh, config_path,
+                                          heads, frozen.teachers()),
+           joint_stage.STAGE, target,
+           [train.EvalSet(names[i], datasets[i], head=h) for h, i in enumerate(heads)],
+           config.joint_train, "joint_teacher")
+  for i, (name, ds) in enumerate(zip(names, datasets)):
+    report(lambda: students_stage.student_task(config, name, ds, *frozen.joint_for(i)),
+           students_stage.STAGE, name, [train.EvalSet(name, ds)], config.student_train,
+           "student")
 
   res = results.load(workdir)
-  logging.info("results (test top-1, best-by-val checkpoint) in %s:\n%s",
-               results.path(workdir), format_table(res))
+  logging.info("results (test top-1 of the best-by-validation checkpoint) in %s",
+               results.path(workdir))
   print(format_table(res), flush=True)
   return res
 

@@ -202,17 +202,19 @@ def run(config, workdir: str, *, config_path: str = "") -> None:
   mesh = common.mesh(config)
   names = common.dataset_names(config)
   datasets = [common.build_dataset(config, n) for n in names]
-  teacher_vars = load_teachers(config, workdir, names, datasets, mesh, config_path)
+  teacher_vars = []  # restored on first use, shared by every joint teacher of the mode
+
+  def make_task(heads):
+    if not teacher_vars:
+      teacher_vars.extend(load_teachers(config, workdir, names, datasets, mesh, config_path))
+    return build_task(config, workdir, names, datasets, mesh, config_path, heads, teacher_vars)
+
   for target, heads in targets(config, names):
-    task = build_task(config, workdir, names, datasets, mesh, config_path, heads, teacher_vars)
     members = [datasets[i] for i in heads]
-    train_data = data.mix(members) if len(members) > 1 else members[0]
-    eval_sets = [train.EvalSet(names[i], datasets[i], head=h) for h, i in enumerate(heads)]
-    ckpts = train.fit(task, train_data, eval_sets, config.joint_train,
-                      common.stage_dir(workdir, STAGE, target), mesh=mesh, seed=config.seed,
-                      writer=common.writer(workdir, STAGE, target), config_dict=config.to_dict())
-    common.record_report(task, ckpts, eval_sets, config.joint_train, mesh=mesh,
-                         workdir=workdir, config_path=config_path, config=config,
-                         model="joint_teacher",
-                         num_classes={n: d.num_classes for n, d in zip(names, datasets)})
-    ckpts.close()
+    common.train_and_report(
+        lambda heads=heads: make_task(heads),
+        data.mix(members) if len(members) > 1 else members[0],
+        [train.EvalSet(names[i], datasets[i], head=h) for h, i in enumerate(heads)],
+        config.joint_train, stage=STAGE, name=target, workdir=workdir, config=config,
+        config_path=config_path, mesh=mesh, seed=config.seed, model="joint_teacher",
+        num_classes={n: d.num_classes for n, d in zip(names, datasets)})

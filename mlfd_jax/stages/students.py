@@ -16,21 +16,38 @@ from mlfd_jax.stages import STAGES, common, joint as joint_stage, teacher_store
 STAGE = "students"
 
 
-def joint_for(config, workdir, names, datasets, mesh, config_path, index: int):
-  """(JointTeacher, its frozen variables, the head of dataset `index`, its level shapes)."""
-  target, heads = [(t, h) for t, h in joint_stage.targets(config, names) if index in h][0]
-  teacher_vars = joint_stage.load_teachers(config, workdir, names, datasets, mesh, config_path)
-  task = joint_stage.build_task(config, workdir, names, datasets, mesh, config_path, heads,
-                                teacher_vars)
-  members = [datasets[i] for i in heads]
-  variables = teacher_store.restore_finished(
-      task, common.stage_dir(workdir, joint_stage.STAGE, target), what="joint teacher",
-      stage=joint_stage.STAGE, workdir=workdir, config_path=config_path,
-      train_cfg=config.joint_train,
-      num_train_examples=sum(d.num_examples("train") for d in members), mesh=mesh)
-  joint = joint_stage.build_joint(config, names, datasets, heads, config.joint_train)
-  frozen = {"joint": variables, "teachers": teacher_vars}
-  return joint, frozen, heads.index(index), joint.fusion_level
+class FrozenModels:
+  """The finished teachers and joint teachers a stage stands on, each restored once, lazily."""
+
+  def __init__(self, config, workdir, names, datasets, mesh, config_path):
+    self.config, self.workdir, self.names, self.datasets = config, workdir, names, datasets
+    self.mesh, self.config_path = mesh, config_path
+    self._teachers = None
+    self._joint: dict[str, tuple] = {}
+
+  def teachers(self):
+    if self._teachers is None:
+      self._teachers = joint_stage.load_teachers(self.config, self.workdir, self.names,
+                                                 self.datasets, self.mesh, self.config_path)
+    return self._teachers
+
+  def joint_for(self, index: int):
+    """(JointTeacher, frozen variables, head) serving dataset `index`."""
+    c = self.config
+    target, heads = [(t, h) for t, h in joint_stage.targets(c, self.names) if index in h][0]
+    if target not in self._joint:
+      task = joint_stage.build_task(c, self.workdir, self.names, self.datasets, self.mesh,
+                                    self.config_path, heads, self.teachers())
+      members = [self.datasets[i] for i in heads]
+      variables = teacher_store.restore_finished(
+          task, common.stage_dir(self.workdir, joint_stage.STAGE, target), what="joint teacher",
+          stage=joint_stage.STAGE, workdir=self.workdir, config_path=self.config_path,
+          train_cfg=c.joint_train, mesh=self.mesh,
+          num_train_examples=sum(d.num_examples("train") for d in members))
+      joint = joint_stage.build_joint(c, self.names, self.datasets, heads, c.joint_train)
+      self._joint[target] = (joint, {"joint": variables, "teachers": self.teachers()}, heads)
+    joint, frozen, heads = self._joint[target]
+    return joint, frozen, heads.index(index)
 
 
 def student_task(config, name, ds, joint, frozen, head) -> train.Task:
@@ -78,14 +95,10 @@ def run(config, workdir: str, *, config_path: str = "") -> None:
   mesh = common.mesh(config)
   names = common.dataset_names(config)
   datasets = [common.build_dataset(config, n) for n in names]
+  frozen = FrozenModels(config, workdir, names, datasets, mesh, config_path)
   for i, (name, ds) in enumerate(zip(names, datasets)):
-    joint, frozen, head, _ = joint_for(config, workdir, names, datasets, mesh, config_path, i)
-    task = student_task(config, name, ds, joint, frozen, head)
-    eval_sets = [train.EvalSet(name, ds)]
-    ckpts = train.fit(task, ds, eval_sets, config.student_train,
-                      common.stage_dir(workdir, STAGE, name), mesh=mesh, seed=config.seed + i,
-                      writer=common.writer(workdir, STAGE, name), config_dict=config.to_dict())
-    common.record_report(task, ckpts, eval_sets, config.student_train, mesh=mesh,
-                         workdir=workdir, config_path=config_path, config=config,
-                         model="student", num_classes={name: ds.num_classes})
-    ckpts.close()
+    common.train_and_report(
+        lambda: student_task(config, name, ds, *frozen.joint_for(i)), ds,
+        [train.EvalSet(name, ds)], config.student_train, stage=STAGE, name=name,
+        workdir=workdir, config=config, config_path=config_path, mesh=mesh, seed=config.seed + i,
+        model="student", num_classes={name: ds.num_classes})

@@ -47,12 +47,8 @@ def run(config, workdir: str, *, config_path: str = "") -> None:
   mesh = common.mesh(config)
   for i, name in enumerate(common.dataset_names(config)):
     ds = common.build_dataset(config, name)
-    task = teacher_task(config, name, ds)
-    eval_sets = [train.EvalSet(name, ds)]
-    ckpts = train.fit(task, ds, eval_sets, config.teacher_train,
-                      common.stage_dir(workdir, STAGE, name), mesh=mesh, seed=config.seed + i,
-                      writer=common.writer(workdir, STAGE, name), config_dict=config.to_dict())
-    common.record_report(task, ckpts, eval_sets, config.teacher_train, mesh=mesh,
-                         workdir=workdir, config_path=config_path, config=config,
-                         model="teacher", num_classes={name: ds.num_classes})
-    ckpts.close()
+    common.train_and_report(
+        lambda: teacher_task(config, name, ds), ds, [train.EvalSet(name, ds)],
+        config.teacher_train, stage=STAGE, name=name, workdir=workdir, config=config,
+        config_path=config_path, mesh=mesh, seed=config.seed + i, model="teacher",
+        num_classes={name: ds.num_classes})
