@@ -33,6 +33,8 @@ class Checkpoints:
       self.manager = ocp.CheckpointManager(self.directory, options=options)
       return
     options = ocp.CheckpointManagerOptions(
+        # best_fn makes orbax write each step's metrics next to it (read back by best_step).
+        best_fn=lambda m: m[VAL_METRIC], best_mode="max",
         # The loop decides when to save (at each evaluation and at the end).
         save_decision_policy=policies.ContinuousCheckpointingPolicy(),
         preservation_policy=policies.AnyPreservationPolicy([

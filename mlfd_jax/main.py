@@ -52,9 +52,17 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
+def use_compilation_cache(workdir: str) -> None:
+  """Caches XLA compilations on disk: identical programs (two teachers of one architecture,
+  a rerun, a resume) compile once. `JAX_COMPILATION_CACHE_DIR` overrides the location."""
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+
+
 def run(config, workdir: str, config_path: str = "") -> None:
   stage = STAGES.get(config.stage)
   workdir = check_workdir(workdir)
+  use_compilation_cache(workdir)
   stage(config, workdir, config_path=config_path)
 
 

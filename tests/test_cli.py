@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,9 +33,19 @@ def _tree_digest(path):
   return h.hexdigest()
 
 
-def test_teachers_stage_writes_results(digits_config, tmp_path):
-  digits_config.stage = "teachers"
-  mlfd_main.run(digits_config, str(tmp_path), "configs/digits.py:tiny")
+@pytest.fixture(scope="module")
+def teachers_dir(tmp_path_factory):
+  """The tiny demo's stage 1, run once for this module (copy it to mutate)."""
+  from configs import digits
+  c = digits.get_config("tiny")
+  c.stage = "teachers"
+  workdir = tmp_path_factory.mktemp("teachers")
+  mlfd_main.run(c, str(workdir), "configs/digits.py:tiny")
+  return workdir
+
+
+def test_teachers_stage_writes_results(teachers_dir):
+  tmp_path = teachers_dir
   res = json.loads((tmp_path / "results.json").read_text())
   assert res["config"] == "configs/digits.py:tiny" and res["seed"] == 0
   assert sorted(res["datasets"]) == ["digits_a", "digits_b", "digits_c"]
@@ -59,9 +70,10 @@ def test_teachers_stage_writes_results(digits_config, tmp_path):
     (lambda c: setattr(c.teacher_train, "batch_size", 63), "batch_size=63"),
     (lambda c: setattr(c.teacher_train, "dtype", "fp16"), "'fp16'"),
 ])
-def test_bad_input_names_the_value_and_keeps_checkpoints(digits_config, tmp_path, mutate, message):
+def test_bad_input_names_the_value_and_keeps_checkpoints(digits_config, teachers_dir, tmp_path,
+                                                        mutate, message):
+  shutil.copytree(teachers_dir, tmp_path, dirs_exist_ok=True)
   digits_config.stage = "teachers"
-  mlfd_main.run(digits_config, str(tmp_path))
   before = _tree_digest(tmp_path / "teachers")
   digits_config.teacher_train.steps = 8  # would train further if it got that far
   mutate(digits_config)

@@ -49,15 +49,15 @@ def test_resume_reproduces_the_uninterrupted_run(digits_config, tmp_path):
   cfg.steps, cfg.eval_every = 6, 3
   ds, task = _teacher(digits_config)
   mesh = parallel.make_mesh(2)
-  full = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "full"), mesh=mesh,
+  full, _ = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "full"), mesh=mesh,
                    seed=0)
-  part = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "part"), mesh=mesh,
+  part, _ = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "part"), mesh=mesh,
                    seed=0)
   assert part.steps() == [3, 6]
   # Interrupt: lose the final checkpoint, so the next fit must resume from step 3.
   shutil.rmtree(os.path.join(part.directory, "6"))
   part.close()
-  resumed = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "part"),
+  resumed, _ = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path / "part"),
                       mesh=mesh, seed=0)
   assert resumed.latest_step() == 6
   a = train.restore_model(full, task, mesh, 6)
@@ -70,10 +70,10 @@ def test_finished_directory_is_not_retrained(digits_config, tmp_path):
   ds, task = _teacher(digits_config)
   mesh = parallel.make_mesh(1)
   cfg = digits_config.teacher_train
-  ck = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
+  ck, _ = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
   stamp = {s: os.stat(os.path.join(ck.directory, str(s))).st_mtime_ns for s in ck.steps()}
   ck.close()
-  again = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
+  again, _ = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
   assert {s: os.stat(os.path.join(again.directory, str(s))).st_mtime_ns
           for s in again.steps()} == stamp
 
@@ -81,8 +81,8 @@ def test_finished_directory_is_not_retrained(digits_config, tmp_path):
 def test_restore_on_a_different_device_count_and_best_step(digits_config, tmp_path):
   ds, task = _teacher(digits_config)
   cfg = digits_config.teacher_train
-  ck = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=parallel.make_mesh(8),
-                 seed=0)
+  ck, _ = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path),
+                    mesh=parallel.make_mesh(8), seed=0)
   on8 = train.restore_model(ck, task, parallel.make_mesh(8), ck.latest_step())
   on1 = train.restore_model(ck, task, parallel.make_mesh(1), ck.latest_step())
   leaf = jax.tree.leaves(on1)[0]
@@ -97,7 +97,7 @@ def test_checkpoint_made_for_another_model_is_refused(digits_config, tmp_path):
   ds, task = _teacher(digits_config, "digits_a")
   mesh = parallel.make_mesh(1)
   train.fit(task, ds, [train.EvalSet("a", ds)], digits_config.teacher_train, str(tmp_path),
-            mesh=mesh, seed=0).close()
+            mesh=mesh, seed=0)[0].close()
   digits_config.teachers.digits_a.name = "resnet34"
   digits_config.teacher_train.steps = 8
   _, other = _teacher(digits_config, "digits_a")

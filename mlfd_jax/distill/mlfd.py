@@ -4,8 +4,8 @@
     + w_feat * sum_{l in levels} MSE(A_l(F_S^l), M_T^l)
     + w_ce * CE(z_S, y)
 
-`levels` is `all` (every level the joint teacher emits: the paper) or a list, e.g. `[stage4]`
-(only the last conv map: the reference code). A_l is identity when the student's width at l
+`levels` is `all` (every level the joint teacher emits: the paper) or a comma-separated list,
+e.g. `stage4` (only the last conv map: the reference code). A_l is identity when the student's width at l
 equals the joint teacher's, else a learned 1x1 conv (dense for `pooled`) owned by the method.
 When the spatial sizes differ (a student of another family than the reference student), the
 teacher's map is resized to the student's grid.
@@ -21,9 +21,11 @@ from mlfd_jax.models.fusion import resize_map
 
 
 def resolve_levels(levels, student_shapes: dict, teacher_shapes: dict) -> tuple[str, ...]:
-  """Config `levels` -> the level names to distil, checked against both models."""
+  """Config `levels` (`all`, `stage4`, `stage3,stage4,pooled` or a sequence) -> level names,
+  checked against both models."""
   if isinstance(levels, str):
-    levels = tuple(teacher_shapes) if levels == "all" else (levels,)
+    levels = tuple(teacher_shapes) if levels == "all" else \
+        tuple(l.strip() for l in levels.split(",") if l.strip())
   levels = tuple(levels)
   for level in levels:
     for who, shapes in (("joint teacher", teacher_shapes), ("student", student_shapes)):

@@ -1,0 +1,223 @@
+"""MLFD stages 2-3: fusion shapes, frozen teachers, the loss, stage chaining and its errors."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mlfd_jax import distill, modelfn
+from mlfd_jax import main as mlfd_main
+from mlfd_jax.stages import common, joint as joint_stage
+
+NAMES = ("digits_a", "digits_b", "digits_c")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """One `all` run of the tiny digits demo, shared by the tests of this module (copy to mutate)."""
+  from configs import digits
+  workdir = tmp_path_factory.mktemp("digits_all")
+  mlfd_main.run(digits.get_config("tiny"), str(workdir), "configs/digits.py:tiny")
+  return workdir
+
+
+def _copy(trained, tmp_path):
+  dst = tmp_path / "w"
+  shutil.copytree(trained, dst)
+  return dst
+
+
+def test_all_writes_every_model_of_every_dataset(trained):
+  res = json.loads((trained / "results.json").read_text())
+  for name in NAMES:
+    entry = res["datasets"][name]
+    for model in ("teacher", "joint_teacher", "student"):
+      assert 0.0 <= entry[model]["test_top1"] <= 1.0, (name, model)
+    assert "baseline_joint" not in entry
+  assert (trained / "joint" / "joint" / "config.json").exists()
+
+
+def test_fusion_emits_the_reference_students_shapes_for_mixed_teachers(digits_config):
+  c = digits_config
+  # Three families at three resolutions.
+  c.datasets.digits_b.image_size = 24
+  c.datasets.digits_c.image_size = 32
+  c.teachers.digits_c = dict(name="vit_ti", width=0.1, depth=4, patch_size=4)
+  names = list(NAMES)
+  datasets = [common.build_dataset(c, n) for n in names]
+  joint = joint_stage.build_joint(c, names, datasets, [0, 1, 2], c.joint_train)
+  _, ref = joint_stage.reference_student(c, names, datasets)
+  teacher_vars = [fn.init(jax.random.key(i)) for i, fn in enumerate(joint.teachers)]
+  v = joint.init(jax.random.key(3))
+  images = jnp.ones((2, 20, 20, 3))  # any batch resolution: each teacher gets its own
+  logits, feats, _ = joint.apply(v["params"], v["model_state"], {"teachers": teacher_vars},
+                                 images, train=False)
+  assert [l.shape for l in logits] == [(2, 4), (2, 3), (2, 3)]
+  assert set(feats) == {"stage2", "stage3", "stage4", "pooled"}
+  for level, f in feats.items():
+    assert f.shape[1:] == ref[level], level
+  assert joint.level_shapes == {k: ref[k] for k in feats}
+
+
+def _joint_task(c, finetune=False):
+  c.joint.finetune_teachers = finetune
+  names = list(NAMES)
+  datasets = [common.build_dataset(c, n) for n in names]
+  teacher_vars = [joint_stage.build_joint(c, names, datasets, [0, 1, 2], c.joint_train)
+                  .teachers[i].init(jax.random.key(i)) for i in range(3)]
+  task = joint_stage.build_task(c, "", names, datasets, None, "", [0, 1, 2], teacher_vars)
+  batch = next(joint_stage.data.mix(datasets).train_batches(8, seed=0))
+  batch = {**batch, "image": jnp.asarray(batch["image"], jnp.float32) / 255.0}
+  return task, batch
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_teachers_get_no_gradient_unless_fine_tuned(digits_config, finetune):
+  task, batch = _joint_task(digits_config, finetune)
+  v = task.init(jax.random.key(0))
+  assert ("teachers" in v["params"]) == finetune  # only what trains is optimised/checkpointed
+
+  def loss_of(params, frozen):
+    return task.loss(params, v["model_state"], frozen, batch, jax.random.key(1))[0]
+
+  g_params, g_frozen = jax.grad(loss_of, argnums=(0, 1))(v["params"], task.frozen)
+  # Frozen teacher parameters get exactly zero gradient. (When fine-tuning, the trained copy in
+  # `params` is used instead; the frozen BatchNorm statistics then see a gradient, unused.)
+  frozen_params = [t["params"] for t in g_frozen["teachers"]]
+  checked = frozen_params if finetune else g_frozen
+  assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(checked)) == 0.0
+  fusion_norm = sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_params["fusion"]))
+  assert fusion_norm > 0
+  if finetune:
+    assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g_params["teachers"])) > 0
+  # Teachers' BatchNorm stays in inference mode: their statistics are not in the new state.
+  _, (new_state, _) = task.loss(v["params"], v["model_state"], task.frozen, batch,
+                                jax.random.key(1))
+  assert set(new_state) == {"fusion"}
+
+
+def _np_log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_mlfd_loss_matches_a_hand_computed_value():
+  rng = np.random.default_rng(0)
+  zs, zt = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+  fs = {"stage4": rng.normal(size=(2, 2, 2, 4)), "pooled": rng.normal(size=(2, 4))}
+  ft = {"stage4": rng.normal(size=(2, 2, 2, 4)), "pooled": rng.normal(size=(2, 4))}
+  y = np.array([0, 2])
+  shapes = {k: v.shape[1:] for k, v in fs.items()}
+  cfg = ml_collections.ConfigDict(dict(method="mlfd", levels="all", w_kd=0.6, w_feat=0.2,
+                                       w_ce=0.2, temperature=2.0, label_smoothing=0.0))
+  method = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes)
+  total, terms = method.loss(method.init(jax.random.key(0)), student=(zs, fs), teacher=(zt, ft),
+                             labels=y)
+  t = 2.0
+  pt, lpt, lps = np.exp(_np_log_softmax(zt / t)), _np_log_softmax(zt / t), _np_log_softmax(zs / t)
+  kd = t * t * np.mean(np.sum(pt * (lpt - lps), -1))
+  ce = -np.mean(_np_log_softmax(zs)[np.arange(2), y])
+  feat = np.mean((fs["stage4"] - ft["stage4"]) ** 2) + np.mean((fs["pooled"] - ft["pooled"]) ** 2)
+  np.testing.assert_allclose(float(terms["kd"]), kd, rtol=1e-5)
+  np.testing.assert_allclose(float(terms["ce"]), ce, rtol=1e-5)
+  np.testing.assert_allclose(float(terms["feat"]), feat, rtol=1e-5)
+  np.testing.assert_allclose(float(total), 0.6 * kd + 0.2 * feat + 0.2 * ce, rtol=1e-5)
+  # `last` level only: the reference code.
+  cfg.levels = "stage4"
+  last = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes)
+  _, t_last = last.loss({}, student=(zs, fs), teacher=(zt, ft), labels=y)
+  assert set(k for k in t_last if k.startswith("feat/")) == {"feat/stage4"}
+  # kd: no feature term at all.
+  cfg.method = "kd"
+  kd_total, _ = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes).loss(
+      {}, student=(zs, fs), teacher=(zt, ft), labels=y)
+  np.testing.assert_allclose(float(kd_total), 0.6 * kd + 0.2 * ce, rtol=1e-5)
+
+
+def test_student_side_adaptor_when_widths_differ():
+  cfg = ml_collections.ConfigDict(dict(method="mlfd", levels="all", w_kd=0.6, w_feat=0.2,
+                                       w_ce=0.2, temperature=2.0))
+  m = distill.build_method(cfg, student_shapes={"stage4": (2, 2, 8), "pooled": (8,)},
+                           teacher_shapes={"stage4": (4, 4, 16), "pooled": (8,)})
+  p = m.init(jax.random.key(0))
+  assert set(p["adaptors"]) == {"stage4"} and p["adaptors"]["stage4"]["kernel"].shape == (8, 16)
+  _, terms = m.loss(p, student=(jnp.zeros((1, 3)), {"stage4": jnp.ones((1, 2, 2, 8)),
+                                                     "pooled": jnp.ones((1, 8))}),
+                    teacher=(jnp.zeros((1, 3)), {"stage4": jnp.ones((1, 4, 4, 16)),
+                                                 "pooled": jnp.ones((1, 8))}),
+                    labels=jnp.zeros((1,), jnp.int32))
+  assert np.isfinite(float(terms["feat/stage4"]))
+
+
+def test_interrupted_all_run_resumes_and_finishes(trained, tmp_path, digits_config):
+  w = _copy(trained, tmp_path)
+  # Interrupted inside the students stage: digits_b has only its step-2 checkpoint, digits_c none.
+  shutil.rmtree(w / "students" / "digits_b" / "4")
+  shutil.rmtree(w / "students" / "digits_c")
+  res = json.loads((w / "results.json").read_text())
+  for n in ("digits_b", "digits_c"):
+    del res["datasets"][n]["student"]
+  (w / "results.json").write_text(json.dumps(res))
+  teachers_before = {p: p.stat().st_mtime_ns for p in (w / "teachers").rglob("*") if p.is_file()}
+  mlfd_main.run(digits_config, str(w), "configs/digits.py:tiny")
+  res = json.loads((w / "results.json").read_text())
+  assert all("student" in res["datasets"][n] for n in NAMES)
+  assert sorted(int(p.name) for p in (w / "students" / "digits_b").iterdir()
+                if p.name.isdigit()) == [2, 4]
+  assert {p: p.stat().st_mtime_ns for p in (w / "teachers").rglob("*")
+          if p.is_file()} == teachers_before
+
+
+def test_joint_without_teachers_names_the_command(digits_config, tmp_path):
+  digits_config.stage = "joint"
+  with pytest.raises(FileNotFoundError, match=r"teacher of digits_a .*--config.stage=teachers"):
+    mlfd_main.run(digits_config, str(tmp_path), "configs/digits.py:tiny")
+
+
+def test_joint_with_a_teacher_of_another_architecture(trained, tmp_path, digits_config):
+  w = _copy(trained, tmp_path)
+  shutil.rmtree(w / "joint")
+  digits_config.stage = "joint"
+  digits_config.teachers.digits_b.width = 0.4
+  with pytest.raises(ValueError, match=r"teacher of digits_b.*0\.4.*stage=teachers"):
+    mlfd_main.run(digits_config, str(w))
+
+
+def test_students_without_joint_teacher(trained, tmp_path, digits_config):
+  w = _copy(trained, tmp_path)
+  shutil.rmtree(w / "joint")
+  shutil.rmtree(w / "students")
+  digits_config.stage = "students"
+  with pytest.raises(FileNotFoundError, match=r"joint teacher.*--config.stage=joint"):
+    mlfd_main.run(digits_config, str(w))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: setattr(c.joint, "fusion_level", "stage9"), "stage9"),
+    (lambda c: setattr(c.joint, "mode", "each"), "'each'"),
+    (lambda c: setattr(c.distill, "levels", "stage1,stage4"), "stage1"),
+    (lambda c: setattr(c.distill, "method", "fitnet"), "'fitnet'"),
+    (lambda c: setattr(c.joint, "shape_like", "digits_z"), "digits_z"),
+])
+def test_bad_fusion_or_distillation_settings(trained, tmp_path, digits_config, mutate, message):
+  w = _copy(trained, tmp_path)
+  shutil.rmtree(w / "joint")
+  shutil.rmtree(w / "students")
+  digits_config.stage = "joint" if "joint" in message or "stage9" in message or \
+      "each" in message or "digits_z" in message else "all"
+  mutate(digits_config)
+  with pytest.raises(mlfd_main.INPUT_ERRORS, match=message):
+    mlfd_main.run(digits_config, str(w))
+
+
+def test_level_shapes_of_a_student():
+  from configs import digits
+  c = digits.get_config("tiny")
+  fn = modelfn.from_config(dict(c.students.digits_a), num_classes=4, image_size=16)
+  shapes = modelfn.level_shapes(fn, 16)
+  assert shapes["stage1"] == (16, 16, 8) and shapes["pooled"] == (64,)
