@@ -318,3 +318,12 @@ def test_folder_labels_from_sorted_class_names(tmp_path):
     assert np.array_equal(batch["image"][rows, 2, 2, 1], expected[rows])
   with pytest.raises(FileNotFoundError, match="nowhere"):
     data.build_dataset({**cfg, "path": str(tmp_path / "nowhere")})
+
+
+def test_tfds_val_carve_composes_percent_slices():
+  from mlfd_jax.data import streaming
+  assert streaming.carve_val_split("train", 0.1) == ("train[0%:90%]", "train[90%:100%]")
+  assert streaming.carve_val_split("train[:80%]", 0.1) == ("train[0%:72%]", "train[72%:80%]")
+  assert streaming.carve_val_split("train[:80%]", 0.0) == ("train[:80%]", None)
+  with pytest.raises(ValueError, match="train\\[:100\\]"):
+    streaming.carve_val_split("train[:100]", 0.1)

@@ -20,6 +20,7 @@ one epoch. Folders and arrays index a per-epoch permutation directly and skip no
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -108,11 +109,34 @@ def _chunked(fn, start: int):
   return tf.data.Dataset.from_generator(gen, output_signature=sig).unbatch()
 
 
+_PERCENT_SLICE = re.compile(r"^(\w+)\[(?:([\d.]+)%)?:(?:([\d.]+)%)?\]$")
+
+
+def carve_val_split(train_split: str, val_fraction: float) -> tuple[str, str | None]:
+  """(train, val) TFDS split strings: val = the last `val_fraction` of `train_split`.
+
+  `train_split` may itself be a percent slice (`train[:80%]` -> `train[:72%]`, `train[72%:80%]`
+  for a 10% val), which TFDS cannot slice again.
+  """
+  if val_fraction == 0:
+    return train_split, None
+  m = _PERCENT_SLICE.match(train_split)
+  if m:
+    name, lo, hi = m.group(1), float(m.group(2) or 0), float(m.group(3) or 100)
+  elif "[" not in train_split:
+    name, lo, hi = train_split, 0.0, 100.0
+  else:
+    raise ValueError(f"train_split {train_split!r}: only a split name or a percent slice "
+                     f"(e.g. 'train[:80%]') can have a val_fraction carved from it")
+  cut = round(lo + (hi - lo) * (1.0 - val_fraction), 6)
+  return f"{name}[{lo:g}%:{cut:g}%]", f"{name}[{cut:g}%:{hi:g}%]"
+
+
 class TfdsDataset(StreamingDataset):
   """A TFDS dataset by name, read with images left encoded until after shuffling and skipping.
 
-  val = the last `val_fraction` of the train split by percent slicing (`train[:90%]` /
-  `train[90%:]`; TFDS examples are already shuffled), so `split_seed` has no effect here. With
+  val = the last `val_fraction` of the train split by percent slicing (`carve_val_split`;
+  TFDS examples are already shuffled), so `split_seed` has no effect here. With
   `classes`, split sizes need one pass over the labels (images stay encoded), done lazily and
   cached; without, they come from the TFDS metadata.
   """
@@ -134,11 +158,8 @@ class TfdsDataset(StreamingDataset):
       subsets.check_classes(cfg["classes"], source_classes, f"dataset {self.name!r}")
       self._lut = subsets.label_lookup(cfg["classes"], source_classes)
     self.num_classes = len(cfg["classes"]) if cfg["classes"] else source_classes
-    train, pct = cfg["train_split"], round(100.0 * (1.0 - float(cfg["val_fraction"])), 6)
-    self._splits = {"train": f"{train}[:{pct:g}%]", "val": f"{train}[{pct:g}%:]",
-                    "test": cfg["test_split"]}
-    if cfg["val_fraction"] == 0:
-      self._splits.update(train=train, val=None)
+    train, val = carve_val_split(cfg["train_split"], float(cfg["val_fraction"]))
+    self._splits = {"train": train, "val": val, "test": cfg["test_split"]}
     self._counts: dict[tuple[str, int, int], int] = {}
 
   def _split(self, split: str, p: int, count: int):
