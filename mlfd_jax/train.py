@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -215,6 +215,17 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
                                      process_count=jax.process_count())
   feed = parallel.prefetch(batches, mesh)
 
+  try:
+    _loop(trainer, task, feed, model, train, base_key, ckpts, eval_sets, writer, start, total,
+          batch_size, log_every, eval_every)
+  finally:
+    feed.close()  # stops the prefetch thread
+  return ckpts, trainer
+
+
+def _loop(trainer, task, feed, model, train, base_key, ckpts, eval_sets, writer, start, total,
+          batch_size, log_every, eval_every):
+  """Steps `start`..`total`: log every `log_every`, validate and checkpoint every `eval_every`."""
   pending: list[dict] = []
   window_start, window_steps, t_start = time.perf_counter(), 0, time.perf_counter()
   for step in range(start, total):
@@ -246,7 +257,6 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
         writer.flush()
       ckpts.save(done, model, train, metrics=val)
       window_start = time.perf_counter()  # keep eval and save time out of img/s
-  return ckpts, trainer
 
 
 def restore_model(ckpts: checkpoint.Checkpoints, task: Task, mesh, step: int):

@@ -1,7 +1,6 @@
 """MLFD stages 2-3: fusion shapes, frozen teachers, the loss, stage chaining and its errors."""
 
 import json
-import os
 import shutil
 
 import jax

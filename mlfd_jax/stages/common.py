@@ -65,7 +65,7 @@ def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, conf
           if force or not results.is_current(workdir, es.name, model, best, last)]
   if not todo:
     return
-  if callable(task) and not isinstance(task, train.Task):
+  if not isinstance(task, train.Task):
     task = task()  # built only when something needs evaluating
   for name, entry in train.report(task, ckpts, todo, train_cfg, mesh, trainer).items():
     logging.info("[%s] %s best step %d: val %.4f test top1 %.4f top5 %.4f (last step %d: "
@@ -99,9 +99,12 @@ def train_and_report(make_task, train_data, eval_sets, train_cfg, *, stage: str,
     finally:
       done.close()
   task = make_task()
-  ckpts, trainer = train.fit(task, train_data, eval_sets, train_cfg, directory, mesh=mesh,
-                             seed=seed, writer=writer(workdir, stage, name),
-                             config_dict=config.to_dict())
+  metric_writer = writer(workdir, stage, name)
+  try:
+    ckpts, trainer = train.fit(task, train_data, eval_sets, train_cfg, directory, mesh=mesh,
+                               seed=seed, writer=metric_writer, config_dict=config.to_dict())
+  finally:
+    metric_writer.close()
   try:
     record_report(task, ckpts, eval_sets, train_cfg, trainer=trainer, **report)
   finally:
