@@ -72,6 +72,8 @@ def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, conf
                  "test top1 %.4f)", model, name, entry["step"], entry["val_top1"],
                  entry["test_top1"], entry["test_top5"], entry["last"]["step"],
                  entry["last"]["test_top1"])
+    if model == "student":  # what the report labels the column with
+      entry.update(method=config.distill.method, levels=config.distill.levels)
     results.record(workdir, config_path=config_path, seed=config.seed, dataset=name,
                    num_classes=num_classes[name], model=model, entry=entry)
 

@@ -1,0 +1,157 @@
+r"""results.json files -> results.md (mean ± std over runs) and a PNG bar chart.
+
+  python -m mlfd_jax.report runs/trio/seed* --out reports/trio
+
+Each argument is a workdir (or a results.json). Runs are grouped by (dataset, method); a method
+is a model kind of results.json (`teacher` is reported as `individual`), with students labelled
+by their distillation method and levels (`student:mlfd`, `student:mlfd[stage4]`, `student:kd`).
+Two tables are written: the best-by-validation checkpoints and the last checkpoints. A method
+that a dataset has no run of shows as `—`, never as zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Iterable
+
+import numpy as np
+
+ORDER = ("individual", "baseline_joint", "joint_teacher")
+RENAME = {"teacher": "individual"}
+
+
+def method_label(model: str, entry: dict) -> str:
+  if model != "student":
+    return RENAME.get(model, model)
+  method = entry.get("method")
+  if not method:
+    return "student"
+  levels = entry.get("levels", "all")
+  return f"student:{method}" if levels in ("all", "", None) or method == "kd" else \
+      f"student:{method}[{levels}]"
+
+
+def load_runs(paths: Iterable[str]) -> list[dict]:
+  runs = []
+  for path in paths:
+    file = os.path.join(path, "results.json") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+      raise FileNotFoundError(f"no results.json at {file}")
+    with open(file) as f:
+      try:
+        runs.append(json.load(f))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON ({e})") from None
+  return runs
+
+
+def collect(runs: list[dict], which: str = "best", metric: str = "test_top1"
+            ) -> dict[str, dict[str, list[float]]]:
+  """{dataset: {method: [value per run]}} for the best-by-val (`best`) or `last` checkpoints."""
+  table: dict[str, dict[str, list[float]]] = {}
+  for run in runs:
+    for dataset, models in run.get("datasets", {}).items():
+      row = table.setdefault(dataset, {})
+      for model, entry in models.items():
+        if not isinstance(entry, dict):
+          continue  # num_classes
+        source = entry if which == "best" else entry.get("last", {})
+        if metric in source:
+          row.setdefault(method_label(model, entry), []).append(float(source[metric]))
+  return table
+
+
+def methods_of(table: dict) -> list[str]:
+  found = {m for row in table.values() for m in row}
+  return [m for m in ORDER if m in found] + sorted(found - set(ORDER))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single run)."""
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def format_markdown(table: dict, title: str) -> str:
+  methods = methods_of(table)
+  lines = [f"### {title}", "", "| dataset | " + " | ".join(methods) + " |",
+           "|---|" + "---|" * len(methods)]
+  for dataset, row in table.items():
+    cells = []
+    for m in methods:
+      if m not in row:
+        cells.append("—")
+        continue
+      mu, sd = mean_std(row[m])
+      cells.append(f"{100 * mu:.2f} ± {100 * sd:.2f} (n={len(row[m])})")
+    lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  methods, datasets = methods_of(table), list(table)
+  width = 0.8 / max(len(methods), 1)
+  fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(datasets) * max(1, len(methods)) / 2), 4.5))
+  for i, m in enumerate(methods):
+    xs, mus, sds = [], [], []
+    for j, d in enumerate(datasets):
+      if m in table[d]:
+        mu, sd = mean_std(table[d][m])
+        xs.append(j + (i - (len(methods) - 1) / 2) * width)
+        mus.append(100 * mu)
+        sds.append(100 * sd)
+    ax.bar(xs, mus, width, yerr=sds, capsize=3, label=m)
+  ax.set_xticks(range(len(datasets)), datasets)
+  ax.set_ylabel("test top-1 (%)")
+  lows = [100 * mean_std(v)[0] for row in table.values() for v in row.values()]
+  if lows:
+    ax.set_ylim(max(0, math.floor(min(lows) / 5) * 5 - 5), 100)
+  ax.set_title(title)
+  ax.legend(fontsize=8, ncol=2)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_report(paths: list[str], out: str) -> dict[str, str]:
+  runs = load_runs(paths)
+  os.makedirs(out, exist_ok=True)
+  best, last = collect(runs, "best"), collect(runs, "last")
+  md = ["# Results", "",
+        f"Test top-1 (%), mean ± sample std over runs; {len(runs)} results files: "
+        + ", ".join(f"`{p}`" for p in paths) + ".", "",
+        format_markdown(best, "Best checkpoint by validation top-1"),
+        format_markdown(last, "Last checkpoint"), "![test top-1](results.png)", ""]
+  files = {"md": os.path.join(out, "results.md"), "png": os.path.join(out, "results.png")}
+  with open(files["md"], "w") as f:
+    f.write("\n".join(md))
+  plot(best, files["png"], "test top-1, best-by-validation checkpoint (mean ± std)")
+  return files
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="+", help="workdirs or results.json files")
+  parser.add_argument("--out", required=True, help="directory for results.md and results.png")
+  args = parser.parse_args(argv)
+  try:
+    files = write_report(args.workdirs, args.out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"mlfd_jax.report: error: {e}", file=sys.stderr)
+    return 2
+  print(open(files["md"]).read())
+  print(f"wrote {files['md']} and {files['png']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,61 @@
+"""The results report on hand-made results.json files."""
+
+import json
+
+import pytest
+
+from mlfd_jax import report
+
+
+def _entry(test, last=None):
+  return {"val_top1": test, "test_top1": test, "test_top5": 1.0, "step": 10,
+          "last": {"val_top1": last or test, "test_top1": last or test, "test_top5": 1.0,
+                   "step": 20}}
+
+
+def _write(path, seed, datasets):
+  path.mkdir(parents=True)
+  (path / "results.json").write_text(json.dumps({"config": "c.py", "seed": seed,
+                                                 "datasets": datasets}))
+  return str(path)
+
+
+@pytest.fixture
+def runs(tmp_path):
+  a = _write(tmp_path / "s0", 0, {
+      "mnist": {"num_classes": 10, "teacher": _entry(0.90, 0.80),
+                "student": {**_entry(0.95), "method": "mlfd", "levels": "all"}},
+      "cifar": {"num_classes": 10, "teacher": _entry(0.50)}})
+  b = _write(tmp_path / "s1", 1, {
+      "mnist": {"num_classes": 10, "teacher": _entry(0.94, 0.82),
+                "student": {**_entry(0.97), "method": "mlfd", "levels": "all"}},
+      "cifar": {"num_classes": 10, "teacher": _entry(0.54)}})
+  return [a, b]
+
+
+def test_mean_std_and_missing_methods(runs, tmp_path):
+  files = report.write_report(runs, str(tmp_path / "out"))
+  md = open(files["md"]).read()
+  # mnist individual: mean 92, sample std of (90, 94) = 2.83
+  assert "| mnist | 92.00 ± 2.83 (n=2) | 96.00 ± 1.41 (n=2) |" in md
+  # cifar has no student: shown as missing, not zero
+  assert "| cifar | 52.00 ± 2.83 (n=2) | — |" in md
+  assert "0.00 ± 0.00" not in md
+  # the last-checkpoint table uses the `last` numbers
+  last = md.split("### Last checkpoint")[1]
+  assert "| mnist | 81.00 ± 1.41 (n=2) |" in last
+  assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_method_labels():
+  assert report.method_label("teacher", {}) == "individual"
+  assert report.method_label("student", {"method": "mlfd", "levels": "stage4"}) == \
+      "student:mlfd[stage4]"
+  assert report.method_label("student", {"method": "kd", "levels": "all"}) == "student:kd"
+  assert report.method_label("baseline_joint", {}) == "baseline_joint"
+
+
+def test_cli_missing_file_is_one_line(tmp_path, capsys):
+  assert report.main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "nope" in err
