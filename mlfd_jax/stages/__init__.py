@@ -7,7 +7,7 @@ STAGES: Registry = Registry("stage")
 
 def _register_all():
   # Importing a stage module registers it.
-  from mlfd_jax.stages import evaluate, joint, students, teachers  # noqa: F401
+  from mlfd_jax.stages import baselines, evaluate, joint, students, teachers  # noqa: F401
 
 
 _register_all()

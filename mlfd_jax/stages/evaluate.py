@@ -12,7 +12,8 @@ import os
 from absl import logging
 
 from mlfd_jax import checkpoint, results, train
-from mlfd_jax.stages import STAGES, common, joint as joint_stage, students as students_stage
+from mlfd_jax.stages import STAGES, baselines, common, joint as joint_stage
+from mlfd_jax.stages import students as students_stage
 from mlfd_jax.stages import teachers as teachers_stage
 
 STAGE = "eval"
@@ -56,6 +57,11 @@ def evaluate_workdir(config, workdir: str, *, config_path: str = "", force: bool
     report(lambda: students_stage.student_task(config, name, ds, *frozen.joint_for(i)),
            students_stage.STAGE, name, [train.EvalSet(name, ds)], config.student_train,
            "student")
+
+  report(lambda: baselines.baseline_task(config, names, datasets), baselines.STAGE,
+         baselines.NAME,
+         [train.EvalSet(n, d, head=i) for i, (n, d) in enumerate(zip(names, datasets))],
+         config.student_train, baselines.STAGE)
 
   res = results.load(workdir)
   logging.info("results (test top-1 of the best-by-validation checkpoint) in %s",
