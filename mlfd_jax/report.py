@@ -4,7 +4,7 @@ r"""results.json files -> results.md (mean ± std over runs) and a PNG bar chart
 
 Each argument is a workdir (or a results.json). Runs are grouped by (dataset, method); a method
 is a model kind of results.json (`teacher` is reported as `individual`), with students labelled
-by their distillation method and levels (`student:mlfd`, `student:mlfd[stage4]`, `student:kd`).
+by their distillation run (`mlfd`, `mlfd_last`, `kd`, `amtml`, `feed`, ...).
 Two tables are written: the best-by-validation checkpoints and the last checkpoints. A method
 that a dataset has no run of shows as `—`, never as zero.
 """
@@ -20,19 +20,22 @@ from typing import Iterable
 
 import numpy as np
 
-ORDER = ("individual", "baseline_joint", "joint_teacher")
+ORDER = ("individual", "baseline_joint", "joint_teacher", "kd", "mlfd_last", "mlfd")
 RENAME = {"teacher": "individual"}
 
 
 def method_label(model: str, entry: dict) -> str:
-  if model != "student":
+  """The column of a results.json entry: `individual`, `joint_teacher`, `baseline_joint`, or a
+  student's run name (`mlfd`, `mlfd_last`, `kd`, `amtml`, ...; `mlfd[stage3,stage4]` for an
+  mlfd run over other levels that was not given its own name)."""
+  if not model.startswith("student"):
     return RENAME.get(model, model)
-  method = entry.get("method")
-  if not method:
-    return "student"
+  method = entry.get("method") or (model[len("student_"):] if "_" in model else "mlfd")
+  name = entry.get("name") or method
   levels = entry.get("levels", "all")
-  return f"student:{method}" if levels in ("all", "", None) or method == "kd" else \
-      f"student:{method}[{levels}]"
+  if name == "mlfd" and levels not in ("all", "", None):
+    return f"mlfd[{levels}]"
+  return name
 
 
 def load_runs(paths: Iterable[str]) -> list[dict]:

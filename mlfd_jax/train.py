@@ -37,8 +37,8 @@ class Task:
 
   init(key) -> {'params', 'model_state'}
   loss(params, model_state, frozen, batch, key) -> (loss, (new_model_state, metrics dict))
-      `batch` holds the augmented, normalised float `image`, `label` and, for mixed data,
-      `dataset`; `key` is for dropout.
+      `batch` holds the augmented, normalised float `image`, `label`, the `step` being taken
+      and, for mixed data, `dataset`; `key` is for dropout.
   predict(params, model_state, frozen, images, head) -> logits of head `head` (static int).
   """
 
@@ -114,7 +114,7 @@ class Trainer:
     step = train["step"]
     aug_key, drop_key = jax.random.split(jax.random.fold_in(base_key, step))
     images = augment.augment(batch["image"], aug_key, pad=self.task.pad, flip=self.task.flip)
-    batch = {**batch, "image": augment.normalize(images)}
+    batch = {**batch, "image": augment.normalize(images), "step": step}
 
     def loss_fn(params):
       return self.task.loss(params, model["model_state"], frozen, batch, drop_key)

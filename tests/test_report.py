@@ -50,8 +50,13 @@ def test_mean_std_and_missing_methods(runs, tmp_path):
 def test_method_labels():
   assert report.method_label("teacher", {}) == "individual"
   assert report.method_label("student", {"method": "mlfd", "levels": "stage4"}) == \
-      "student:mlfd[stage4]"
-  assert report.method_label("student", {"method": "kd", "levels": "all"}) == "student:kd"
+      "mlfd[stage4]"
+  assert report.method_label("student", {"method": "mlfd", "levels": "all"}) == "mlfd"
+  # a student run's column is its run name, also for results from before names were stored
+  assert report.method_label("student_kd", {"method": "kd", "levels": "all", "name": "kd"}) \
+      == "kd"
+  assert report.method_label("student_mlfd_last", {}) == "mlfd_last"
+  assert report.method_label("student_s34", {"method": "mlfd", "name": "s34"}) == "s34"
   assert report.method_label("baseline_joint", {}) == "baseline_joint"
 
 

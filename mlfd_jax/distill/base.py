@@ -4,9 +4,15 @@ A method is a small object built from `config.distill`. It owns any learned adap
 in the method, not in the student backbone, and are dropped from the exported student) and
 computes the student's loss from the student's and the teacher's outputs on the same batch:
 
+  source             'joint' (the joint teacher's (logits, feats) on the student's head) or
+                     'teachers' (a list with each frozen stage-1 teacher's (logits, feats); the
+                     logits are on the student's label space, see stages/probes.py)
   init(key) -> method params (pure dict, trained with the student; {} if none)
-  loss(method_params, student=(logits, feats), teacher=(logits, feats), labels)
+  loss(method_params, student=(logits, feats), teacher=..., labels, step)
       -> (scalar loss, {term name: value})   every term, per level, is returned for logging
+
+A run of a method is named by `distill.name` (default: the method): students of different runs
+share one workdir's teachers and joint teacher, each in its own directory and results key.
 """
 
 from __future__ import annotations
@@ -21,18 +27,55 @@ from mlfd_jax.registry import Registry
 METHODS: Registry = Registry("distillation method")
 
 
+DEFAULT = "mlfd"  # its students keep the plain `students/<dataset>` and `student` names
+
+
 class Method(Protocol):
   name: str
+  source: str
 
   def init(self, key) -> dict[str, Any]: ...
 
-  def loss(self, params, *, student, teacher, labels) -> tuple[jax.Array, dict[str, Any]]: ...
+  def loss(self, params, *, student, teacher, labels, step) -> tuple[jax.Array, dict[str, Any]]:
+    ...
 
 
-def build_method(distill_cfg, *, student_shapes: dict, teacher_shapes: dict) -> Method:
-  """`config.distill.method` -> a method for a student/teacher pair of these level shapes."""
+def build_method(distill_cfg, *, student_shapes: dict, teacher_shapes) -> Method:
+  """`config.distill.method` -> a method for a student/teacher pair of these level shapes
+  (`teacher_shapes`: the joint teacher's dict, or a list of dicts, one per teacher)."""
   return METHODS.get(distill_cfg.method)(distill_cfg, student_shapes=student_shapes,
                                          teacher_shapes=teacher_shapes)
+
+
+def check_config(distill_cfg) -> None:
+  """Fails early, in one line, on an unknown method or a bad run name."""
+  METHODS.get(distill_cfg.method)
+  run_name(distill_cfg)
+
+
+def method_source(distill_cfg) -> str:
+  """What a method distils from, known before any model is built."""
+  return getattr(METHODS.get(distill_cfg.method), "source", "joint")
+
+
+def run_name(distill_cfg) -> str:
+  """`distill.name`, else the method's name: what a run's directory and results key say."""
+  name = str(distill_cfg.get("name", "") or distill_cfg.method)
+  if not name.replace("_", "").replace("-", "").isalnum():
+    raise ValueError(f"distill.name={name!r} must be letters, digits, '_' or '-'")
+  return name
+
+
+def results_key(distill_cfg) -> str:
+  """`student` for the default method, `student_<run>` for the others."""
+  run = run_name(distill_cfg)
+  return "student" if run == DEFAULT else f"student_{run}"
+
+
+def stage_dirname(distill_cfg) -> str:
+  """`students` for the default method, `students_<run>` for the others."""
+  run = run_name(distill_cfg)
+  return "students" if run == DEFAULT else f"students_{run}"
 
 
 def linear_init(key, cin: int, cout: int) -> dict[str, jax.Array]:

@@ -9,6 +9,7 @@ from mlfd_jax.distill.base import METHODS
 from mlfd_jax.distill.mlfd import MLFD
 
 
+@METHODS.register("kd")
 class KD(MLFD):
   name = "kd"
 
@@ -16,8 +17,3 @@ class KD(MLFD):
     super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
                      levels=())
     self.w_feat = 0.0
-
-
-@METHODS.register("kd")
-def _kd(cfg, *, student_shapes, teacher_shapes):
-  return KD(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes)

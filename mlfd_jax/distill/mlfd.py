@@ -4,8 +4,8 @@
     + w_feat * sum_{l in levels} MSE(A_l(F_S^l), M_T^l)
     + w_ce * CE(z_S, y)
 
-`levels` is `all` (every level the joint teacher emits: the paper) or a comma-separated list,
-e.g. `stage4` (only the last conv map: the reference code). A_l is identity when the student's width at l
+`levels` is `all` (every level the joint teacher emits: the paper) or a comma-separated list;
+method `mlfd_last` is the last conv map only (the reference code). A_l is identity when the student's width at l
 equals the joint teacher's, else a learned 1x1 conv (dense for `pooled`) owned by the method.
 When the spatial sizes differ (a student of another family than the reference student), the
 teacher's map is resized to the student's grid.
@@ -39,10 +39,12 @@ def resolve_levels(levels, student_shapes: dict, teacher_shapes: dict) -> tuple[
   return levels
 
 
+@METHODS.register("mlfd")
 class MLFD:
   """Multi-level feature distillation (w_feat > 0 over `levels`)."""
 
   name = "mlfd"
+  source = "joint"
 
   def __init__(self, cfg, *, student_shapes: dict, teacher_shapes: dict, levels=None):
     self.w_kd, self.w_feat, self.w_ce = float(cfg.w_kd), float(cfg.w_feat), float(cfg.w_ce)
@@ -59,7 +61,8 @@ class MLFD:
     return {"adaptors": {l: linear_init(k, self.student_shapes[l][-1], self.teacher_shapes[l][-1])
                          for l, k in zip(self.adapted, keys)}}
 
-  def loss(self, params, *, student, teacher, labels):
+  def loss(self, params, *, student, teacher, labels, step=None):
+    del step
     z_s, f_s = student
     z_t, f_t = teacher
     terms = {"kd": losses.kd_kl(z_s, z_t, self.temperature),
@@ -78,6 +81,13 @@ class MLFD:
     return total, terms
 
 
-@METHODS.register("mlfd")
-def _mlfd(cfg, *, student_shapes, teacher_shapes):
-  return MLFD(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes)
+@METHODS.register("mlfd_last")
+class MLFDLast(MLFD):
+  """MLFD at the joint teacher's deepest map level only (stage4): the reference code."""
+
+  name = "mlfd_last"
+
+  def __init__(self, cfg, *, student_shapes, teacher_shapes):
+    maps = [l for l, s in teacher_shapes.items() if len(s) == 3]
+    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
+                     levels=maps[-1:])

@@ -53,12 +53,13 @@ def writer(workdir: str, stage: str, name: str):
 
 def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, config_path: str,
                   config, model: str, num_classes: dict[str, int], force: bool = False,
-                  trainer=None) -> None:
+                  trainer=None, extra: dict | None = None) -> None:
   """Evaluates best and last checkpoints and records them in results.json as `model`.
 
   Entries already recorded for the same steps are kept as they are unless `force`, so rerunning
   a finished command evaluates nothing again. `task` may be a zero-argument function returning
   the task, so that nothing (teachers, joint teacher) is restored when nothing is evaluated.
+  `extra` is stored in each entry (a student's method, levels and run name).
   """
   best, last = ckpts.best_step(), ckpts.latest_step()
   todo = [es for es in eval_sets
@@ -72,15 +73,14 @@ def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, conf
                  "test top1 %.4f)", model, name, entry["step"], entry["val_top1"],
                  entry["test_top1"], entry["test_top5"], entry["last"]["step"],
                  entry["last"]["test_top1"])
-    if model == "student":  # what the report labels the column with
-      entry.update(method=config.distill.method, levels=config.distill.levels)
+    entry.update(extra or {})
     results.record(workdir, config_path=config_path, seed=config.seed, dataset=name,
                    num_classes=num_classes[name], model=model, entry=entry)
 
 
 def train_and_report(make_task, train_data, eval_sets, train_cfg, *, stage: str, name: str,
                      workdir: str, config, config_path: str, mesh, seed: int, model: str,
-                     num_classes: dict[str, int]) -> None:
+                     num_classes: dict[str, int], extra: dict | None = None) -> None:
   """Trains (or resumes) one model of a stage and records its accuracies.
 
   A finished checkpoint directory is neither rebuilt nor retrained: `make_task` (which may have
@@ -89,7 +89,7 @@ def train_and_report(make_task, train_data, eval_sets, train_cfg, *, stage: str,
   directory = stage_dir(workdir, stage, name)
   total = train.num_steps(train_cfg, train_data.num_examples("train"))
   report = dict(mesh=mesh, workdir=workdir, config_path=config_path, config=config, model=model,
-                num_classes=num_classes)
+                num_classes=num_classes, extra=extra)
   if os.path.isdir(directory):
     done = checkpoint.Checkpoints(directory, read_only=True)
     try:

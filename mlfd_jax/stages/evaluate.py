@@ -1,7 +1,8 @@
 """The `eval` stage: every checkpoint in the workdir, restored with Orbax, on val and test.
 
 Writes `results.json` (best-by-validation and last step of every teacher, joint teacher head,
-student and joint baseline found) and logs a table. Run on its own it re-evaluates everything;
+student of the configured distillation run and joint baseline found) and logs a table. Students
+of other runs keep the entries recorded when they were trained. Run on its own it re-evaluates everything;
 inside `all` it only fills entries that are missing or older than their checkpoints.
 """
 
@@ -12,12 +13,13 @@ import os
 from absl import logging
 
 from mlfd_jax import checkpoint, results, train
+from mlfd_jax.distill import base as distill_base
 from mlfd_jax.stages import STAGES, baselines, common, joint as joint_stage
 from mlfd_jax.stages import students as students_stage
 from mlfd_jax.stages import teachers as teachers_stage
 
 STAGE = "eval"
-COLUMNS = ("teacher", "joint_teacher", "student", "baseline_joint")
+COLUMNS = ("teacher", "joint_teacher", "baseline_joint", "student")
 
 
 def _has_checkpoint(directory: str) -> bool:
@@ -32,7 +34,7 @@ def evaluate_workdir(config, workdir: str, *, config_path: str = "", force: bool
   frozen = students_stage.FrozenModels(config, workdir, names, datasets, mesh, config_path)
   num_classes = {n: d.num_classes for n, d in zip(names, datasets)}
 
-  def report(make_task, stage, target, eval_sets, train_cfg, model):
+  def report(make_task, stage, target, eval_sets, train_cfg, model, extra=None):
     directory = common.stage_dir(workdir, stage, target)
     if not _has_checkpoint(directory):
       return
@@ -40,7 +42,7 @@ def evaluate_workdir(config, workdir: str, *, config_path: str = "", force: bool
     try:
       common.record_report(make_task, ckpts, eval_sets, train_cfg, mesh=mesh, workdir=workdir,
                            config_path=config_path, config=config, model=model,
-                           num_classes=num_classes, force=force)
+                           num_classes=num_classes, force=force, extra=extra)
     finally:
       ckpts.close()
 
@@ -53,10 +55,12 @@ def evaluate_workdir(config, workdir: str, *, config_path: str = "", force: bool
            joint_stage.STAGE, target,
            [train.EvalSet(names[i], datasets[i], head=h) for h, i in enumerate(heads)],
            config.joint_train, "joint_teacher")
+  student_stage = distill_base.stage_dirname(config.distill)
   for i, (name, ds) in enumerate(zip(names, datasets)):
-    report(lambda: students_stage.student_task(config, name, ds, *frozen.joint_for(i)),
-           students_stage.STAGE, name, [train.EvalSet(name, ds)], config.student_train,
-           "student")
+    if name in students_stage.student_datasets(config, names):
+      report(lambda: students_stage.student_task(config, name, ds, *frozen.sources_for(i)),
+             student_stage, name, [train.EvalSet(name, ds)], config.student_train,
+             distill_base.results_key(config.distill), extra=students_stage.run_info(config))
 
   report(lambda: baselines.baseline_task(config, names, datasets), baselines.STAGE,
          baselines.NAME,
@@ -72,7 +76,9 @@ def evaluate_workdir(config, workdir: str, *, config_path: str = "", force: bool
 
 def format_table(res: dict) -> str:
   """A fixed-width table: one row per dataset, one column per trained model."""
-  cols = [c for c in COLUMNS if any(c in d for d in res.get("datasets", {}).values())]
+  found = {k for d in res.get("datasets", {}).values() for k, v in d.items()
+           if isinstance(v, dict)}
+  cols = [c for c in COLUMNS if c in found] + sorted(found - set(COLUMNS))
   rows = [["dataset", *cols]]
   for name, entry in res.get("datasets", {}).items():
     rows.append([name, *(f"{entry[c]['test_top1']:.4f}" if c in entry else "-" for c in cols)])

@@ -1,9 +1,15 @@
-"""Stage 3: one student per dataset, trained from scratch by distillation from the joint teacher.
+"""Stage 3: one student per dataset, trained from scratch by distillation.
 
 The student (default: its dataset's teacher architecture; `config.students.<dataset>` overrides)
-and the frozen joint teacher run in the same jitted step on the same augmented batch; the method
-(`config.distill.method`) turns both outputs into the loss. Only the student and the method's
-adaptors train; the exported student is `params['student']` alone.
+and the frozen models it learns from run in the same jitted step on the same augmented batch.
+What it learns from is the method's `source` (`config.distill.method`, distill/base.py): the
+joint teacher (`mlfd`, `mlfd_last`, `kd`) or the stage-1 teachers themselves (`amtml`, `feed`,
+`avg_kd`), whose logits on the student's classes come from linear probes (stages/probes.py).
+Only the student and the method's adaptors train; the exported student is `params['student']`.
+
+Each run (`distill.name`, default the method) has its own directory, `students/<dataset>` for
+`mlfd` and `students_<run>/<dataset>` otherwise, and results key (`student`, `student_<run>`),
+so all methods share one workdir's teachers and joint teacher.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import jax
 
 from mlfd_jax import distill, modelfn, train
-from mlfd_jax.stages import STAGES, common, joint as joint_stage, teacher_store
+from mlfd_jax.data import augment
+from mlfd_jax.distill import base as distill_base
+from mlfd_jax.stages import STAGES, common, joint as joint_stage, probes, teacher_store
 
 STAGE = "students"
 
@@ -49,20 +57,69 @@ class FrozenModels:
     joint, frozen, heads = self._joint[target]
     return joint, frozen, heads.index(index)
 
+  def teacher_models(self):
+    """Each stage-1 teacher as (ModelFn, input size, level shapes)."""
+    out = []
+    for name, ds in zip(self.names, self.datasets):
+      fn = common.model_fn(common.model_block(self.config, "teachers", name),
+                           num_classes=ds.num_classes, image_size=ds.image_size,
+                           train_cfg=self.config.student_train)
+      out.append((fn, ds.image_size, modelfn.level_shapes(fn, ds.image_size)))
+    return out
 
-def student_task(config, name, ds, joint, frozen, head) -> train.Task:
+  def probes_for(self, index: int):
+    """Per teacher: None where it shares dataset `index`'s label space, else its linear probe."""
+    c, target = self.config, self.names[index]
+    dc = c.distill
+    out = []
+    for k, ((fn, size, _), name) in enumerate(zip(self.teacher_models(), self.names)):
+      if probes.same_data(c, target, name):
+        out.append(None)
+        continue
+      steps = int(dc.get("probe_steps", 300))
+      if steps <= 0:
+        raise ValueError(f"distill.method={dc.method!r} needs the logits of the teacher of "
+                         f"{name!r} on {target!r}'s classes, but distill.probe_steps={steps} "
+                         f"turns the linear probes off; set it > 0")
+      out.append(probes.load_or_fit(
+          self.workdir, target, name, fn, self.teachers()[k], size, self.datasets[index],
+          self.mesh, examples=int(dc.get("probe_examples", 10000)), steps=steps))
+    return out
+
+  def sources_for(self, index: int):
+    """(teacher_out(frozen, images), frozen, teacher level shapes) for the method's source."""
+    if distill_base.method_source(self.config.distill) == "joint":
+      joint, frozen, head = self.joint_for(index)
+
+      def joint_out(frozen, images):
+        jv = frozen["joint"]
+        logits, feats, _ = joint.apply(jv["params"], jv["model_state"],
+                                       {"teachers": frozen["teachers"]}, images, train=False)
+        return jax.lax.stop_gradient((logits[head], feats))
+
+      return joint_out, frozen, joint.level_shapes
+    models = self.teacher_models()
+    frozen = {"teachers": self.teachers(), "probes": self.probes_for(index)}
+
+    def teachers_out(frozen, images):
+      outs = []
+      for (fn, size, _), tv, probe in zip(models, frozen["teachers"], frozen["probes"]):
+        logits, feats, _ = fn.apply(tv, augment.fit(images, size), train=False)
+        if probe is not None:
+          logits = distill_base.linear_apply(probe, feats["pooled"])
+        outs.append((logits, feats))
+      return jax.lax.stop_gradient(outs)
+
+    return teachers_out, frozen, [shapes for _, _, shapes in models]
+
+
+def student_task(config, name, ds, teacher_out, frozen, teacher_shapes) -> train.Task:
   block = joint_stage.student_block(config, name)
   student = common.model_fn(block, num_classes=ds.num_classes, image_size=ds.image_size,
                             train_cfg=config.student_train)
   student_shapes = modelfn.level_shapes(student, ds.image_size)
   method = distill.build_method(config.distill, student_shapes=student_shapes,
-                                teacher_shapes=joint.level_shapes)
-
-  def teacher_out(frozen, images):
-    jv = frozen["joint"]
-    logits, feats, _ = joint.apply(jv["params"], jv["model_state"],
-                                   {"teachers": frozen["teachers"]}, images, train=False)
-    return jax.lax.stop_gradient((logits[head], feats))
+                                teacher_shapes=teacher_shapes)
 
   def init(key):
     k1, k2 = jax.random.split(key)
@@ -75,7 +132,8 @@ def student_task(config, name, ds, joint, frozen, head) -> train.Task:
         {"params": params["student"], "model_state": model_state["student"]}, batch["image"],
         train=True, key=key)
     total, terms = method.loss(params["method"], student=(z_s, f_s),
-                               teacher=teacher_out(frozen, batch["image"]), labels=batch["label"])
+                               teacher=teacher_out(frozen, batch["image"]),
+                               labels=batch["label"], step=batch.get("step"))
     terms["top1"] = (z_s.argmax(-1) == batch["label"]).mean()
     return total, ({"student": new_state}, terms)
 
@@ -86,8 +144,27 @@ def student_task(config, name, ds, joint, frozen, head) -> train.Task:
 
   meta = {"student": block, "num_classes": ds.num_classes, "image_size": ds.image_size,
           "method": config.distill.method}
-  return train.Task(name=f"student/{name}", init=init, loss=loss, predict=predict,
-                    frozen=frozen, pad=int(ds.pad), flip=bool(ds.flip), meta=meta)
+  return train.Task(name=f"{distill_base.stage_dirname(config.distill)}/{name}", init=init,
+                    loss=loss, predict=predict, frozen=frozen, pad=int(ds.pad),
+                    flip=bool(ds.flip), meta=meta)
+
+
+def student_datasets(config, names) -> list[str]:
+  """`config.student_datasets` (comma string; empty: every dataset) in dataset order."""
+  wanted = [n.strip() for n in str(config.get("student_datasets", "") or "").split(",")
+            if n.strip()]
+  for n in wanted:
+    if n not in names:
+      raise ValueError(f"student_datasets has {n!r}, which is not a configured dataset; "
+                       f"valid: {', '.join(names)}")
+  return [n for n in names if not wanted or n in wanted]
+
+
+def run_info(config) -> dict:
+  """What a student's results entry says about how it was made (the report's column)."""
+  dc = config.distill
+  return {"method": dc.method, "levels": dc.get("levels", ""),
+          "name": distill_base.run_name(dc)}
 
 
 @STAGES.register(STAGE)
@@ -96,9 +173,19 @@ def run(config, workdir: str, *, config_path: str = "") -> None:
   names = common.dataset_names(config)
   datasets = [common.build_dataset(config, n) for n in names]
   frozen = FrozenModels(config, workdir, names, datasets, mesh, config_path)
+  train_one(config, workdir, config_path, mesh, names, datasets, frozen)
+
+
+def train_one(config, workdir, config_path, mesh, names, datasets, frozen) -> None:
+  """Every student of the configured run, each trained (or resumed, or skipped) and recorded."""
+  distill.check_config(config.distill)
+  stage = distill_base.stage_dirname(config.distill)
   for i, (name, ds) in enumerate(zip(names, datasets)):
+    if name not in student_datasets(config, names):
+      continue
     common.train_and_report(
-        lambda: student_task(config, name, ds, *frozen.joint_for(i)), ds,
-        [train.EvalSet(name, ds)], config.student_train, stage=STAGE, name=name,
+        lambda: student_task(config, name, ds, *frozen.sources_for(i)), ds,
+        [train.EvalSet(name, ds)], config.student_train, stage=stage, name=name,
         workdir=workdir, config=config, config_path=config_path, mesh=mesh, seed=config.seed + i,
-        model="student", num_classes={name: ds.num_classes})
+        model=distill_base.results_key(config.distill), num_classes={name: ds.num_classes},
+        extra=run_info(config))

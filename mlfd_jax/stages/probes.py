@@ -1,0 +1,111 @@
+"""Linear probes: logits on a target dataset for a frozen teacher trained on another label space.
+
+Methods that weight or average teacher predictions (`amtml`, `avg_kd`) need every teacher's
+logits on the student's classes. In MLFD's setting a teacher was trained on another dataset, so
+it gets a linear classifier on its frozen `pooled` features of the target dataset's training
+images (un-augmented, the first `distill.probe_examples`), fitted by full-batch Adam. A teacher
+whose dataset block equals the target's (the same-dataset setting) keeps its own head.
+
+Probes are small and cheap; they are saved as `WORKDIR/probes/<target>/<teacher>.npz` (with the
+probe's validation top-1) so that every method and rerun uses the same ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from mlfd_jax import parallel
+from mlfd_jax.data import augment
+from mlfd_jax.distill.base import linear_apply
+
+DIRNAME = "probes"
+
+
+def same_data(config, a: str, b: str) -> bool:
+  """Whether datasets `a` and `b` are configured identically (so share one label space)."""
+  if a == b:
+    return True
+  block = lambda n: {k: v for k, v in config.datasets[n].to_dict().items() if k != "name"}
+  return block(a) == block(b)
+
+
+def pooled_features(fn, variables, size: int, dataset, split: str, limit: int, mesh,
+                    batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """`pooled` features and labels of up to `limit` un-augmented examples of a split."""
+  batch_size = max(batch_size // mesh.size, 1) * mesh.size
+
+  @jax.jit
+  def embed(v, images):
+    return fn.apply(v, augment.fit(augment.normalize(images), size), train=False)[1]["pooled"]
+
+  feats, labels, n = [], [], 0
+  for batch in dataset.eval_batches(split, batch_size):
+    keep = np.asarray(batch["mask"], bool)
+    out = embed(variables, parallel.to_global({"image": batch["image"]}, mesh)["image"])
+    feats.append(np.asarray(jax.device_get(out), np.float32)[keep])
+    labels.append(np.asarray(batch["label"])[keep])
+    n += int(keep.sum())
+    if n >= limit:
+      break
+  return np.concatenate(feats)[:limit], np.concatenate(labels)[:limit]
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 300,
+              lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0) -> dict:
+  """Softmax regression on standardised-by-scale features, full-batch AdamW."""
+  x = jnp.asarray(x, jnp.float32)
+  y = jax.nn.one_hot(jnp.asarray(y), num_classes)
+  scale = jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(x))), 1e-6)
+  params = {"kernel": jnp.zeros((x.shape[1], num_classes), jnp.float32) +
+            1e-3 * jax.random.normal(jax.random.key(seed), (x.shape[1], num_classes)),
+            "bias": jnp.zeros((num_classes,), jnp.float32)}
+  tx = optax.adamw(lr, weight_decay=weight_decay)
+
+  def loss(p):
+    return optax.softmax_cross_entropy(linear_apply(p, x / scale), y).mean()
+
+  @jax.jit
+  def step(p, s):
+    g = jax.grad(loss)(p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  state = tx.init(params)
+  for _ in range(steps):
+    params, state = step(params, state)
+  # Fold the feature scale into the kernel: the probe applies to raw pooled features.
+  return {"kernel": np.asarray(params["kernel"] / scale), "bias": np.asarray(params["bias"])}
+
+
+def probe_path(workdir: str, target: str, teacher: str) -> str:
+  return os.path.join(workdir, DIRNAME, target, f"{teacher}.npz")
+
+
+def load_or_fit(workdir: str, target: str, teacher: str, fn, variables, size: int, dataset,
+                mesh, *, examples: int, steps: int) -> dict:
+  """Teacher `teacher`'s probe on dataset `target`: loaded if saved for this feature width."""
+  path = probe_path(workdir, target, teacher)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      probe = {"kernel": f["kernel"], "bias": f["bias"]}
+    if probe["kernel"].shape[1] == dataset.num_classes:
+      return {k: jnp.asarray(v) for k, v in probe.items()}
+  x, y = pooled_features(fn, variables, size, dataset, "train", examples, mesh)
+  probe = fit_probe(x, y, dataset.num_classes, steps=steps)
+  vx, vy = pooled_features(fn, variables, size, dataset, "val", examples, mesh)
+  val = float(np.mean(np.argmax(vx @ probe["kernel"] + probe["bias"], -1) == vy))
+  logging.info("[probe] teacher of %s on %s: %d examples, val top1 %.4f -> %s", teacher, target,
+               len(y), val, path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, kernel=probe["kernel"], bias=probe["bias"], val_top1=val,
+           meta=json.dumps({"teacher": teacher, "target": target, "examples": len(y)}))
+  os.replace(tmp, path)
+  return {k: jnp.asarray(v) for k, v in probe.items()}
