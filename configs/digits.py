@@ -11,7 +11,7 @@ a small width). Runs every stage on 2 CPU cores in minutes; no download.
 
 import ml_collections
 
-from mlfd_jax.config_lib import model_block, parse_arg, train_block
+from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
 from mlfd_jax.data.subsets import class_subsets
 
 NAMES = ("digits_a", "digits_b", "digits_c")
@@ -53,6 +53,5 @@ def get_config(arg=None):
   # --config.students.<dataset>.name=...).
   c.students = c.teachers.copy_and_resolve_references()
   c.student_train = c.teacher_train.copy_and_resolve_references()
-  c.distill = dict(method="mlfd", levels="all", w_kd=0.6, w_feat=0.2, w_ce=0.2,
-                   temperature=2.0, label_smoothing=0.0)
+  c.distill = distill_block()
   return c

@@ -19,7 +19,7 @@ bf16 compute, fp32 parameters). The data must already be prepared for TFDS: set
 
 import ml_collections
 
-from mlfd_jax.config_lib import model_block, parse_arg, train_block
+from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
 from mlfd_jax.data.subsets import class_subsets
 
 NUM_CLASSES = 1000
@@ -67,6 +67,5 @@ def get_config(arg=None):
                  finetune_teachers=False)
   c.joint_train = phase(30)
   c.student_train = phase(90)
-  c.distill = dict(method="mlfd", levels="all", w_kd=0.6, w_feat=0.2, w_ce=0.2,
-                   temperature=2.0, label_smoothing=0.0)
+  c.distill = distill_block()
   return c

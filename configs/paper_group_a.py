@@ -11,7 +11,7 @@ official val/ must first be sorted into class folders). Student of each dataset 
 
 import ml_collections
 
-from mlfd_jax.config_lib import model_block, parse_arg, train_block
+from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
 
 
 def get_config(arg=None):
@@ -50,6 +50,5 @@ def get_config(arg=None):
                  shape_like="cifar100", finetune_teachers=False)
   c.joint_train = phase(30, optimizer="adamw", lr=1e-3, weight_decay=0.05)
   c.student_train = phase(100, optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=2000)
-  c.distill = dict(method="mlfd", levels="all", w_kd=0.6, w_feat=0.2, w_ce=0.2,
-                   temperature=2.0, label_smoothing=0.0)
+  c.distill = distill_block()
   return c

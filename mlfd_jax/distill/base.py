@@ -17,6 +17,7 @@ share one workdir's teachers and joint teacher, each in its own directory and re
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol
 
 import jax
@@ -40,11 +41,15 @@ class Method(Protocol):
     ...
 
 
-def build_method(distill_cfg, *, student_shapes: dict, teacher_shapes) -> Method:
+def build_method(distill_cfg, *, student_shapes: dict, teacher_shapes,
+                 total_steps: int | None = None) -> Method:
   """`config.distill.method` -> a method for a student/teacher pair of these level shapes
-  (`teacher_shapes`: the joint teacher's dict, or a list of dicts, one per teacher)."""
-  return METHODS.get(distill_cfg.method)(distill_cfg, student_shapes=student_shapes,
-                                         teacher_shapes=teacher_shapes)
+  (`teacher_shapes`: the joint teacher's dict, or a list of dicts, one per teacher).
+  `total_steps` reaches the methods whose schedule needs it (amtml's weighting phase)."""
+  cls = METHODS.get(distill_cfg.method)
+  extra = {"total_steps": total_steps} \
+      if "total_steps" in inspect.signature(cls).parameters else {}
+  return cls(distill_cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes, **extra)
 
 
 def check_config(distill_cfg) -> None:

@@ -36,3 +36,36 @@ def masked_mean(x, mask=None):
     return jnp.mean(x)
   mask = mask.astype(x.dtype)
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def kd_kl_to_probs(student_logits, target_probs, temperature: float):
+  """T^2 * KL(q || softmax(z_S/T)) for a target distribution q (e.g. a teacher ensemble)."""
+  t = float(temperature)
+  q = target_probs.astype(jnp.float32)
+  log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
+  per_row = jnp.sum(q * (jnp.log(jnp.maximum(q, 1e-12)) - log_p_s), axis=-1)
+  return t * t * jnp.mean(per_row)
+
+
+def l2_normalize(x, axis, eps: float = 1e-12):
+  x = x.astype(jnp.float32)
+  return x / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True)), eps)
+
+
+def rkd_distance(s, t):
+  """RKD distance term: smooth-L1 between mean-normalised pairwise distances of two batches."""
+  def pdist(x):
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    sq = jnp.sum(jnp.square(x[:, None] - x[None]), -1)
+    d = jnp.sqrt(jnp.maximum(sq, 1e-12)) * (1.0 - jnp.eye(x.shape[0]))
+    return d / jnp.maximum(jnp.sum(d) / (x.shape[0] * (x.shape[0] - 1)), 1e-12)
+  return jnp.mean(optax.huber_loss(pdist(s), pdist(t), delta=1.0))
+
+
+def rkd_angle(s, t):
+  """RKD angle term: smooth-L1 between the cosines of the angles of every triplet."""
+  def angles(x):
+    x = x.reshape(x.shape[0], -1).astype(jnp.float32)
+    e = l2_normalize(x[None, :] - x[:, None], axis=-1)  # e[i, j] = unit(x_j - x_i)
+    return jnp.einsum("ijd,ikd->ijk", e, e)
+  return jnp.mean(optax.huber_loss(angles(s), angles(t), delta=1.0))

@@ -100,26 +100,39 @@ class FrozenModels:
       return joint_out, frozen, joint.level_shapes
     models = self.teacher_models()
     frozen = {"teachers": self.teachers(), "probes": self.probes_for(index)}
-
-    def teachers_out(frozen, images):
-      outs = []
-      for (fn, size, _), tv, probe in zip(models, frozen["teachers"], frozen["probes"]):
-        logits, feats, _ = fn.apply(tv, augment.fit(images, size), train=False)
-        if probe is not None:
-          logits = distill_base.linear_apply(probe, feats["pooled"])
-        outs.append((logits, feats))
-      return jax.lax.stop_gradient(outs)
-
-    return teachers_out, frozen, [shapes for _, _, shapes in models]
+    return teachers_source(models), frozen, [shapes for _, _, shapes in models]
 
 
-def student_task(config, name, ds, teacher_out, frozen, teacher_shapes) -> train.Task:
+def teachers_source(models):
+  """teacher_out(frozen, images) for `source='teachers'`: each model's (logits, feats), the
+  logits through its probe where `frozen['probes']` has one."""
+
+  def teachers_out(frozen, images):
+    outs = []
+    for (fn, size, _), tv, probe in zip(models, frozen["teachers"], frozen["probes"]):
+      logits, feats, _ = fn.apply(tv, augment.fit(images, size), train=False)
+      if probe is not None:
+        logits = distill_base.linear_apply(probe, feats["pooled"])
+      outs.append((logits, feats))
+    return jax.lax.stop_gradient(outs)
+
+  return teachers_out
+
+
+def student_model(config, name, ds):
+  """(config block, ModelFn, level shapes) of dataset `name`'s student."""
   block = joint_stage.student_block(config, name)
-  student = common.model_fn(block, num_classes=ds.num_classes, image_size=ds.image_size,
-                            train_cfg=config.student_train)
-  student_shapes = modelfn.level_shapes(student, ds.image_size)
-  method = distill.build_method(config.distill, student_shapes=student_shapes,
-                                teacher_shapes=teacher_shapes)
+  fn = common.model_fn(block, num_classes=ds.num_classes, image_size=ds.image_size,
+                       train_cfg=config.student_train)
+  return block, fn, modelfn.level_shapes(fn, ds.image_size)
+
+
+def student_task(config, name, ds, teacher_out, frozen, teacher_shapes, *, stage: str = ""
+                 ) -> train.Task:
+  block, student, student_shapes = student_model(config, name, ds)
+  method = distill.build_method(
+      config.distill, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
+      total_steps=train.num_steps(config.student_train, ds.num_examples("train")))
 
   def init(key):
     k1, k2 = jax.random.split(key)
@@ -144,7 +157,8 @@ def student_task(config, name, ds, teacher_out, frozen, teacher_shapes) -> train
 
   meta = {"student": block, "num_classes": ds.num_classes, "image_size": ds.image_size,
           "method": config.distill.method}
-  return train.Task(name=f"{distill_base.stage_dirname(config.distill)}/{name}", init=init,
+  stage = stage or distill_base.stage_dirname(config.distill)
+  return train.Task(name=f"{stage}/{name}", init=init,
                     loss=loss, predict=predict, frozen=frozen, pad=int(ds.pad),
                     flip=bool(ds.flip), meta=meta)
 
@@ -179,6 +193,8 @@ def run(config, workdir: str, *, config_path: str = "") -> None:
 def train_one(config, workdir, config_path, mesh, names, datasets, frozen) -> None:
   """Every student of the configured run, each trained (or resumed, or skipped) and recorded."""
   distill.check_config(config.distill)
+  if getattr(distill.METHODS.get(config.distill.method), "sequential", False):
+    return train_generations(config, workdir, config_path, mesh, names, datasets, frozen)
   stage = distill_base.stage_dirname(config.distill)
   for i, (name, ds) in enumerate(zip(names, datasets)):
     if name not in student_datasets(config, names):
@@ -189,3 +205,42 @@ def train_one(config, workdir, config_path, mesh, names, datasets, frozen) -> No
         workdir=workdir, config=config, config_path=config_path, mesh=mesh, seed=config.seed + i,
         model=distill_base.results_key(config.distill), num_classes={name: ds.num_classes},
         extra=run_info(config))
+
+
+def train_generations(config, workdir, config_path, mesh, names, datasets, frozen) -> None:
+  """Sequential distillation (`feed_seq`): generation 0 learns from the stage-1 teachers, each
+  later one from the previous generation's student alone, in `<stage>/gen<g>/<dataset>`. The
+  last generation is the run's result; earlier ones are recorded as `<key>_gen<g>`."""
+  generations = int(dict(config.distill.get("feed", {})).get("generations", 2))
+  if generations < 1:
+    raise ValueError(f"distill.feed.generations={generations} must be >= 1")
+  base, key = distill_base.stage_dirname(config.distill), distill_base.results_key(config.distill)
+  for i, (name, ds) in enumerate(zip(names, datasets)):
+    if name not in student_datasets(config, names):
+      continue
+    _, fn, shapes = student_model(config, name, ds)
+    sources = lambda: frozen.sources_for(i)  # noqa: E731  generation 0: the teachers
+    for g in range(generations):
+      stage, last = f"{base}/gen{g}", g == generations - 1
+      info = {**run_info(config), "generation": g}
+      if not last:
+        info["name"] = f"{info['name']}_gen{g}"
+      common.train_and_report(
+          lambda sources=sources, stage=stage: student_task(config, name, ds, *sources(),
+                                                            stage=stage),
+          ds, [train.EvalSet(name, ds)], config.student_train, stage=stage, name=name,
+          workdir=workdir, config=config, config_path=config_path, mesh=mesh,
+          seed=config.seed + i + 1000 * g, model=key if last else f"{key}_gen{g}",
+          num_classes={name: ds.num_classes}, extra=info)
+
+      def previous(sources=sources, stage=stage):
+        task = student_task(config, name, ds, *sources(), stage=stage)
+        v = teacher_store.restore_finished(
+            task, common.stage_dir(workdir, stage, name), what=f"{stage} student of {name}",
+            stage=STAGE, workdir=workdir, config_path=config_path, train_cfg=config.student_train,
+            num_train_examples=ds.num_examples("train"), mesh=mesh)
+        student_vars = {"params": v["params"]["student"], "model_state": v["model_state"]["student"]}
+        return (teachers_source([(fn, ds.image_size, shapes)]),
+                {"teachers": [student_vars], "probes": [None]}, [shapes])
+
+      sources = previous

@@ -1,0 +1,41 @@
+"""Equal-weight multi-teacher logit KD, the AMTML-KD paper's main comparator.
+
+  L = w_kd * T^2 * KL(mean_k softmax(z_k/T) || softmax(z_S/T)) + w_ce * CE(z_S, y)
+
+z_k are each stage-1 teacher's logits on the student's classes (its own head, or a linear probe
+when it was trained on another dataset).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mlfd_jax.distill import losses
+from mlfd_jax.distill.base import METHODS
+
+
+@METHODS.register("avg_kd")
+class AvgKD:
+  name = "avg_kd"
+  source = "teachers"
+
+  def __init__(self, cfg, *, student_shapes, teacher_shapes):
+    del student_shapes
+    self.num_teachers = len(teacher_shapes)
+    self.w_kd, self.w_ce = float(cfg.w_kd), float(cfg.w_ce)
+    self.temperature = float(cfg.temperature)
+    self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
+
+  def init(self, key):
+    del key
+    return {}
+
+  def loss(self, params, *, student, teacher, labels, step=None):
+    del params, step
+    z_s = student[0]
+    probs = [jax.nn.softmax(z.astype(jnp.float32) / self.temperature) for z, _ in teacher]
+    target = sum(probs) / len(probs)
+    terms = {"kd": losses.kd_kl_to_probs(z_s, target, self.temperature),
+             "ce": losses.cross_entropy(z_s, labels, self.label_smoothing)}
+    return self.w_kd * terms["kd"] + self.w_ce * terms["ce"], terms
