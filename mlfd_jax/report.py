@@ -5,7 +5,9 @@ r"""results.json files -> results.md (mean ± std over runs) and a PNG bar chart
 Each argument is a workdir (or a results.json). Runs are grouped by (dataset, method); a method
 is a model kind of results.json (`teacher` is reported as `individual`), with students labelled
 by their distillation run (`mlfd`, `mlfd_last`, `kd`, `amtml`, `feed`, ...).
-Two tables are written: the best-by-validation checkpoints and the last checkpoints. A method
+An argument `GROUP=PATH` prefixes that run's columns with `GROUP:` so that ablation workdirs
+(launch/ablations.sh) sit beside the runs they vary. Two tables are written: the
+best-by-validation checkpoints and the last checkpoints. A method
 that a dataset has no run of shows as `—`, never as zero.
 """
 
@@ -39,14 +41,18 @@ def method_label(model: str, entry: dict) -> str:
 
 
 def load_runs(paths: Iterable[str]) -> list[dict]:
+  """Each path's results; `GROUP=PATH` tags a run so its methods show as `GROUP:method`."""
   runs = []
   for path in paths:
+    group = ""
+    if "=" in path and not os.path.exists(path):
+      group, path = path.split("=", 1)
     file = os.path.join(path, "results.json") if os.path.isdir(path) else path
     if not os.path.exists(file):
       raise FileNotFoundError(f"no results.json at {file}")
     with open(file) as f:
       try:
-        runs.append(json.load(f))
+        runs.append({**json.load(f), "_group": group})
       except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON ({e})") from None
   return runs
@@ -64,7 +70,9 @@ def collect(runs: list[dict], which: str = "best", metric: str = "test_top1"
           continue  # num_classes
         source = entry if which == "best" else entry.get("last", {})
         if metric in source:
-          row.setdefault(method_label(model, entry), []).append(float(source[metric]))
+          label = method_label(model, entry)
+          label = f"{run['_group']}:{label}" if run.get("_group") else label
+          row.setdefault(label, []).append(float(source[metric]))
   return table
 
 
@@ -143,7 +151,9 @@ def write_report(paths: list[str], out: str) -> dict[str, str]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("workdirs", nargs="+", help="workdirs or results.json files")
+  parser.add_argument("workdirs", nargs="+",
+                      help="workdirs or results.json files; GROUP=PATH labels a run's methods "
+                           "GROUP:method (ablations beside a baseline run)")
   parser.add_argument("--out", required=True, help="directory for results.md and results.png")
   args = parser.parse_args(argv)
   try:

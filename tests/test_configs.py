@@ -7,7 +7,7 @@ from flax import nnx
 
 from mlfd_jax.models import create_model
 
-CONFIGS = {"digits": ["", "tiny"], "shared_trio": ["", "tiny"],
+CONFIGS = {"digits": ["", "tiny"], "shared_trio": ["", "tiny"], "cifar10_same": ["", "tiny"],
            "imagenet_subsets": ["", "variant=local", "k=5"], "paper_group_a": [""]}
 
 
@@ -26,6 +26,8 @@ def test_config_loads_and_models_build(name, arg):
       assert model.image_size == block.image_size
   for phase in (c.teacher_train, c.joint_train, c.student_train):
     assert phase.steps > 0 or phase.epochs > 0
+  # Every config carries every method's options, so any method runs with --config.distill.*.
+  assert {"amtml", "feed", "name", "probe_steps"} <= set(c.distill.keys())
   if name == "imagenet_subsets" and arg == "k=5":
     assert len(c.datasets) == 5
     assert sum(len(b.classes) for b in c.datasets.values()) == 1000

@@ -64,3 +64,10 @@ def test_cli_missing_file_is_one_line(tmp_path, capsys):
   assert report.main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "nope" in err
+
+
+def test_grouped_runs_get_their_own_columns(runs, tmp_path):
+  a, b = runs
+  table = report.collect(report.load_runs([a, f"ft={b}"]))
+  assert table["mnist"]["individual"] == [0.90] and table["mnist"]["ft:individual"] == [0.94]
+  assert table["mnist"]["ft:mlfd"] == [0.97]

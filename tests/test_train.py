@@ -1,5 +1,6 @@
 """The shared loop: sharding invariance, exact resume, restore on another device count."""
 
+import dataclasses
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlfd_jax import checkpoint, parallel, train
+from mlfd_jax.data import augment
 from mlfd_jax.stages import common, teachers
 
 
@@ -34,6 +36,13 @@ def test_eight_devices_compute_the_same_parameters_as_one(digits_config):
   cfg = digits_config.teacher_train
   cfg.batch_size = 16
   ds, task = _teacher(digits_config)
+  # No random crop here (its sharding invariance is the next test): some crops of the upscaled
+  # digits put whole flat regions exactly at a ReLU kink, where 1e-7 reduction-order noise between
+  # 1 and 8 shards flips their gradients and the runs drift apart by ~1e-3 in two steps.
+  task = dataclasses.replace(task, pad=0)
+  # A stable step size: at the demo's lr (0.1) the loss jumps between steps and amplifies that
+  # noise too.
+  cfg.optimizer.lr = 0.01
   one, losses1 = _run_steps(task, ds, cfg, parallel.make_mesh(1), steps=3)
   eight, losses8 = _run_steps(task, ds, cfg, parallel.make_mesh(8), steps=3)
   assert losses1[-1] != losses1[0]  # it trained
@@ -42,6 +51,18 @@ def test_eight_devices_compute_the_same_parameters_as_one(digits_config):
   assert len(flat1) == len(flat8) > 10
   for a, b in zip(flat1, flat8):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_augmentation_is_the_same_on_any_sharding(digits_config):
+  ds, _ = _teacher(digits_config)
+  images = next(ds.train_batches(16, seed=0))["image"]
+  views = []
+  for n in (1, 8):
+    batch = parallel.to_global({"image": images}, parallel.make_mesh(n))
+    views.append(np.asarray(jax.jit(lambda x: augment.augment(x, jax.random.key(3), pad=2,
+                                                              flip=True))(batch["image"])))
+  np.testing.assert_array_equal(views[0], views[1])
+  assert not np.array_equal(views[0], images)  # it did crop or flip
 
 
 def test_resume_reproduces_the_uninterrupted_run(digits_config, tmp_path):
