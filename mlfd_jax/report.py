@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Iterable
@@ -104,30 +103,33 @@ def format_markdown(table: dict, title: str) -> str:
 
 
 def plot(table: dict, path: str, title: str) -> None:
+  """One panel per dataset, each with its own y range, so that small gaps stay visible."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   methods, datasets = methods_of(table), list(table)
-  width = 0.8 / max(len(methods), 1)
-  fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(datasets) * max(1, len(methods)) / 2), 4.5))
-  for i, m in enumerate(methods):
-    xs, mus, sds = [], [], []
-    for j, d in enumerate(datasets):
-      if m in table[d]:
-        mu, sd = mean_std(table[d][m])
-        xs.append(j + (i - (len(methods) - 1) / 2) * width)
-        mus.append(100 * mu)
-        sds.append(100 * sd)
-    ax.bar(xs, mus, width, yerr=sds, capsize=3, label=m)
-  ax.set_xticks(range(len(datasets)), datasets)
-  ax.set_ylabel("test top-1 (%)")
-  lows = [100 * mean_std(v)[0] for row in table.values() for v in row.values()]
-  if lows:
-    ax.set_ylim(max(0, math.floor(min(lows) / 5) * 5 - 5), 100)
-  ax.set_title(title)
-  ax.legend(fontsize=8, ncol=2)
-  ax.grid(axis="y", alpha=0.3)
+  colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+  fig, axes = plt.subplots(1, max(len(datasets), 1), squeeze=False,
+                           figsize=(max(4.0, 0.55 * len(methods) + 1.5) * max(len(datasets), 1),
+                                    4.2))
+  for ax, d in zip(axes[0], datasets):
+    present = [m for m in methods if m in table[d]]
+    stats = [mean_std(table[d][m]) for m in present]
+    mus, sds = [100 * s[0] for s in stats], [100 * s[1] for s in stats]
+    ax.bar(range(len(present)), mus, yerr=sds, capsize=3,
+           color=[colors[m] for m in present])
+    for x, (mu, sd) in enumerate(zip(mus, sds)):
+      ax.text(x, mu + sd, f"{mu:.1f}", ha="center", va="bottom", fontsize=7)
+    if mus:
+      lo, hi = min(m - s for m, s in zip(mus, sds)), max(m + s for m, s in zip(mus, sds))
+      pad = max(1.0, 0.15 * (hi - lo))
+      ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + 1.5 * pad))
+    ax.set_xticks(range(len(present)), present, rotation=45, ha="right", fontsize=8)
+    ax.set_title(d)
+    ax.grid(axis="y", alpha=0.3)
+  axes[0][0].set_ylabel("test top-1 (%)")
+  fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
