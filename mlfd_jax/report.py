@@ -21,7 +21,8 @@ from typing import Iterable
 
 import numpy as np
 
-ORDER = ("individual", "baseline_joint", "joint_teacher", "kd", "mlfd_last", "mlfd")
+ORDER = ("individual", "baseline_joint", "joint_teacher", "kd", "mlfd_last", "mlfd", "avg_kd",
+         "amtml", "feed", "feed_seq")
 RENAME = {"teacher": "individual"}
 
 
@@ -97,7 +98,9 @@ def format_markdown(table: dict, title: str) -> str:
         cells.append("—")
         continue
       mu, sd = mean_std(row[m])
-      cells.append(f"{100 * mu:.2f} ± {100 * sd:.2f} (n={len(row[m])})")
+      n = len(row[m])  # one run has no spread: no "± 0.00" that would read as a measured std
+      cells.append(f"{100 * mu:.2f} ± {100 * sd:.2f} (n={n})" if n > 1 else
+                   f"{100 * mu:.2f} (n=1)")
     lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

@@ -71,3 +71,8 @@ def test_grouped_runs_get_their_own_columns(runs, tmp_path):
   table = report.collect(report.load_runs([a, f"ft={b}"]))
   assert table["mnist"]["individual"] == [0.90] and table["mnist"]["ft:individual"] == [0.94]
   assert table["mnist"]["ft:mlfd"] == [0.97]
+
+
+def test_a_single_run_shows_no_spread(runs, tmp_path):
+  md = open(report.write_report(runs[:1], str(tmp_path / "one"))["md"]).read()
+  assert "| mnist | 90.00 (n=1) | 95.00 (n=1) |" in md and "±  " not in md
