@@ -31,6 +31,7 @@ class FrozenModels:
     self.config, self.workdir, self.names, self.datasets = config, workdir, names, datasets
     self.mesh, self.config_path = mesh, config_path
     self._teachers = None
+    self._models = None
     self._joint: dict[str, tuple] = {}
 
   def teachers(self):
@@ -58,14 +59,15 @@ class FrozenModels:
     return joint, frozen, heads.index(index)
 
   def teacher_models(self):
-    """Each stage-1 teacher as (ModelFn, input size, level shapes)."""
-    out = []
-    for name, ds in zip(self.names, self.datasets):
-      fn = common.model_fn(common.model_block(self.config, "teachers", name),
-                           num_classes=ds.num_classes, image_size=ds.image_size,
-                           train_cfg=self.config.student_train)
-      out.append((fn, ds.image_size, modelfn.level_shapes(fn, ds.image_size)))
-    return out
+    """Each stage-1 teacher as (ModelFn, input size, level shapes), built once."""
+    if self._models is None:
+      self._models = []
+      for name, ds in zip(self.names, self.datasets):
+        fn = common.model_fn(common.model_block(self.config, "teachers", name),
+                             num_classes=ds.num_classes, image_size=ds.image_size,
+                             train_cfg=self.config.student_train)
+        self._models.append((fn, ds.image_size, modelfn.level_shapes(fn, ds.image_size)))
+    return self._models
 
   def probes_for(self, index: int):
     """Per teacher: None where it shares dataset `index`'s label space, else its linear probe."""
@@ -195,9 +197,9 @@ def train_one(config, workdir, config_path, mesh, names, datasets, frozen) -> No
   distill.check_config(config.distill)
   if getattr(distill.METHODS.get(config.distill.method), "sequential", False):
     return train_generations(config, workdir, config_path, mesh, names, datasets, frozen)
-  stage = distill_base.stage_dirname(config.distill)
+  stage, wanted = distill_base.stage_dirname(config.distill), student_datasets(config, names)
   for i, (name, ds) in enumerate(zip(names, datasets)):
-    if name not in student_datasets(config, names):
+    if name not in wanted:
       continue
     common.train_and_report(
         lambda: student_task(config, name, ds, *frozen.sources_for(i)), ds,
@@ -215,8 +217,9 @@ def train_generations(config, workdir, config_path, mesh, names, datasets, froze
   if generations < 1:
     raise ValueError(f"distill.feed.generations={generations} must be >= 1")
   base, key = distill_base.stage_dirname(config.distill), distill_base.results_key(config.distill)
+  wanted = student_datasets(config, names)
   for i, (name, ds) in enumerate(zip(names, datasets)):
-    if name not in student_datasets(config, names):
+    if name not in wanted:
       continue
     _, fn, shapes = student_model(config, name, ds)
     sources = lambda: frozen.sources_for(i)  # noqa: E731  generation 0: the teachers
