@@ -157,6 +157,31 @@ def test_probe_fits_separable_features():
   assert acc > 0.95
 
 
+def test_probe_key_follows_the_teacher_and_the_settings():
+  v = {"params": {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros((2,))}}}
+  key = probes.probe_key(v, examples=100, steps=300)
+  same = jax.tree_util.tree_map(lambda x: x.copy(), v)
+  assert probes.probe_key(same, examples=100, steps=300) == key
+  retrained = jax.tree_util.tree_map(lambda x: x, v)
+  retrained["params"]["dense"]["bias"] = jnp.asarray([0.0, 1e-3])
+  assert probes.probe_key(retrained, examples=100, steps=300) != key
+  assert probes.probe_key(v, examples=100, steps=301) != key
+  assert probes.probe_key(v, examples=99, steps=300) != key
+
+
+def test_a_saved_probe_is_reused_only_for_its_teacher(tmp_path):
+  path = str(tmp_path / "probes" / "t" / "a.npz")
+  probe = {"kernel": np.arange(6, dtype=np.float32).reshape(3, 2), "bias": np.ones(2, np.float32)}
+  probes.save(path, probe, val_top1=0.5, meta={"key": "k1"})
+  loaded = probes.load_saved(path, "k1", num_classes=2)
+  np.testing.assert_array_equal(loaded["kernel"], probe["kernel"])
+  assert probes.load_saved(path, "k2", num_classes=2) is None  # the teacher was retrained
+  assert probes.load_saved(path, "k1", num_classes=3) is None  # another label space
+  assert probes.load_saved(str(tmp_path / "none.npz"), "k1", num_classes=2) is None
+  np.savez(path, kernel=probe["kernel"], bias=probe["bias"])  # a probe saved without a key
+  assert probes.load_saved(path, "k1", num_classes=2) is None
+
+
 def test_same_data_compares_dataset_blocks():
   from configs import cifar10_same, digits
   c = cifar10_same.get_config()
@@ -196,7 +221,8 @@ def _run_method(workdir, method, **distill_overrides):
 
 @pytest.mark.parametrize("method", ["avg_kd", "amtml", "feed"])
 def test_method_end_to_end_on_the_digits_demo(demo, method):
-  res = _run_method(demo, method)
+  # FEED reads only the teachers' maps: it must run with the probes turned off.
+  res = _run_method(demo, method, **({"probe_steps": 0} if method == "feed" else {}))
   entry = res["digits_b"][f"student_{method}"]
   assert 0.0 <= entry["test_top1"] <= 1.0 and entry["name"] == method
   assert "student" in res["digits_b"] and f"student_{method}" not in res["digits_a"]

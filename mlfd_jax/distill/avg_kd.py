@@ -19,6 +19,7 @@ from mlfd_jax.distill.base import METHODS
 class AvgKD:
   name = "avg_kd"
   source = "teachers"
+  needs_teacher_logits = True
 
   def __init__(self, cfg, *, student_shapes, teacher_shapes):
     del student_shapes

@@ -7,6 +7,8 @@ computes the student's loss from the student's and the teacher's outputs on the 
   source             'joint' (the joint teacher's (logits, feats) on the student's head) or
                      'teachers' (a list with each frozen stage-1 teacher's (logits, feats); the
                      logits are on the student's label space, see stages/probes.py)
+  needs_teacher_logits   (source 'teachers' only) whether the loss reads the teachers' logits;
+                     only then do teachers trained on another dataset get linear probes
   init(key) -> method params (pure dict, trained with the student; {} if none)
   loss(method_params, student=(logits, feats), teacher=..., labels, step)
       -> (scalar loss, {term name: value})   every term, per level, is returned for logging
@@ -61,6 +63,11 @@ def check_config(distill_cfg) -> None:
 def method_source(distill_cfg) -> str:
   """What a method distils from, known before any model is built."""
   return getattr(METHODS.get(distill_cfg.method), "source", "joint")
+
+
+def needs_teacher_logits(distill_cfg) -> bool:
+  """Whether a `source='teachers'` method reads the teachers' logits (and so needs probes)."""
+  return bool(getattr(METHODS.get(distill_cfg.method), "needs_teacher_logits", True))
 
 
 def run_name(distill_cfg) -> str:

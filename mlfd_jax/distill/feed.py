@@ -58,6 +58,7 @@ def feed_term(student_map, teacher_map):
 class FEED:
   name = "feed"
   source = "teachers"
+  needs_teacher_logits = False  # feature matching and CE only: no probes
   sequential = False
 
   def __init__(self, cfg, *, student_shapes, teacher_shapes):

@@ -7,11 +7,14 @@ images (un-augmented, the first `distill.probe_examples`), fitted by full-batch 
 whose dataset block equals the target's (the same-dataset setting) keeps its own head.
 
 Probes are small and cheap; they are saved as `WORKDIR/probes/<target>/<teacher>.npz` (with the
-probe's validation top-1) so that every method and rerun uses the same ones.
+probe's validation top-1) so that every method and rerun uses the same ones. Each file carries a
+digest of the teacher's variables and the probe settings: a teacher retrained in the same workdir,
+or other `probe_examples`/`probe_steps`, gets a fresh probe instead of a stale one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -88,24 +91,54 @@ def probe_path(workdir: str, target: str, teacher: str) -> str:
   return os.path.join(workdir, DIRNAME, target, f"{teacher}.npz")
 
 
+def probe_key(variables, *, examples: int, steps: int) -> str:
+  """Digest of a teacher's variables and the probe settings, which a saved probe must match."""
+  h = hashlib.sha1(f"examples={examples} steps={steps}".encode())
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    # A replicated global array's first local shard is the whole value, on every host.
+    value = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(np.asarray(value)).tobytes())
+  return h.hexdigest()[:16]
+
+
+def load_saved(path: str, key: str, num_classes: int) -> dict | None:
+  """The probe saved at `path` if it was fitted for this teacher and settings, else None."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    probe = {"kernel": f["kernel"], "bias": f["bias"]}
+    meta = json.loads(str(f["meta"])) if "meta" in f else {}
+  if meta.get("key") != key or probe["kernel"].shape[1] != num_classes:
+    logging.info("[probe] %s was fitted for another teacher or settings: refitting", path)
+    return None
+  return probe
+
+
 def load_or_fit(workdir: str, target: str, teacher: str, fn, variables, size: int, dataset,
                 mesh, *, examples: int, steps: int) -> dict:
-  """Teacher `teacher`'s probe on dataset `target`: loaded if saved for this feature width."""
+  """Teacher `teacher`'s probe on dataset `target`: loaded if saved for these very teacher
+  variables and settings, else fitted and saved."""
   path = probe_path(workdir, target, teacher)
-  if os.path.exists(path):
-    with np.load(path) as f:
-      probe = {"kernel": f["kernel"], "bias": f["bias"]}
-    if probe["kernel"].shape[1] == dataset.num_classes:
-      return {k: jnp.asarray(v) for k, v in probe.items()}
+  key = probe_key(variables, examples=examples, steps=steps)
+  probe = load_saved(path, key, dataset.num_classes)
+  if probe is not None:
+    return {k: jnp.asarray(v) for k, v in probe.items()}
   x, y = pooled_features(fn, variables, size, dataset, "train", examples, mesh)
   probe = fit_probe(x, y, dataset.num_classes, steps=steps)
   vx, vy = pooled_features(fn, variables, size, dataset, "val", examples, mesh)
   val = float(np.mean(np.argmax(vx @ probe["kernel"] + probe["bias"], -1) == vy))
   logging.info("[probe] teacher of %s on %s: %d examples, val top1 %.4f -> %s", teacher, target,
                len(y), val, path)
+  save(path, probe, val_top1=val,
+       meta={"teacher": teacher, "target": target, "examples": len(y), "key": key})
+  return {k: jnp.asarray(v) for k, v in probe.items()}
+
+
+def save(path: str, probe: dict, *, val_top1: float, meta: dict) -> None:
+  """Writes a probe atomically (a crash leaves the old file or none, never half of one)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, kernel=probe["kernel"], bias=probe["bias"], val_top1=val,
-           meta=json.dumps({"teacher": teacher, "target": target, "examples": len(y)}))
+  np.savez(tmp, kernel=probe["kernel"], bias=probe["bias"], val_top1=val_top1,
+           meta=json.dumps(meta))
   os.replace(tmp, path)
-  return {k: jnp.asarray(v) for k, v in probe.items()}

@@ -101,7 +101,9 @@ class FrozenModels:
 
       return joint_out, frozen, joint.level_shapes
     models = self.teacher_models()
-    frozen = {"teachers": self.teachers(), "probes": self.probes_for(index)}
+    probes_ = self.probes_for(index) if distill_base.needs_teacher_logits(self.config.distill) \
+        else [None] * len(models)  # unread logits stay on the teacher's own head
+    frozen = {"teachers": self.teachers(), "probes": probes_}
     return teachers_source(models), frozen, [shapes for _, _, shapes in models]
 
 
