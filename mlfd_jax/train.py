@@ -40,6 +40,9 @@ class Task:
       `batch` holds the augmented, normalised float `image`, `label`, the `step` being taken
       and, for mixed data, `dataset`; `key` is for dropout.
   predict(params, model_state, frozen, images, head) -> logits of head `head` (static int).
+  gate_updates(updates, step) -> updates   optional: zeroes the optimizer's updates of params
+      that must hold still from some step on. Exact under momentum and weight decay, which a
+      stop_gradient in `loss` alone is not.
   """
 
   name: str
@@ -50,6 +53,7 @@ class Task:
   pad: int = 4
   flip: bool = False
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+  gate_updates: Callable[[Any, jax.Array], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -122,6 +126,8 @@ class Trainer:
     (loss, (model_state, step_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         model["params"])
     updates, opt_state = self.tx.update(grads, train["opt_state"], model["params"])
+    if self.task.gate_updates is not None:
+      updates = self.task.gate_updates(updates, step)
     params = optax.apply_updates(model["params"], updates)
     step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
                     "lr": self.schedule(step)}

@@ -105,6 +105,12 @@ def test_amtml_weights_sum_to_one_follow_the_adaptor_and_the_loss_matches():
                                      step=jnp.int32(step))[0])(p)["theta"]
   assert float(jnp.abs(grad_theta(4)).sum()) > 0
   assert float(jnp.abs(grad_theta(5)).sum()) == 0
+  # ... and their optimizer updates are zeroed too, so momentum and weight decay cannot move them.
+  updates = jax.tree.map(jnp.ones_like, p)
+  for step, moving in ((4, 1.0), (5, 0.0)):
+    gated = m.gate_updates(updates, jnp.int32(step))
+    assert float(jnp.min(gated["theta"])) == float(jnp.max(gated["w"])) == moving
+    assert all(float(jnp.min(h)) == 1.0 for h in jax.tree.leaves(gated["hints"]))
 
 
 def test_amtml_rkd_terms_are_zero_for_identical_geometry():

@@ -134,3 +134,39 @@ def test_num_steps_from_epochs(digits_config):
   cfg.epochs = 0.0
   with pytest.raises(ValueError, match="steps"):
     train.num_steps(cfg, 100)
+
+
+def test_gated_params_hold_exactly_under_momentum_and_weight_decay():
+  """A task's `gate_updates` freezes params from a step on, whatever the optimizer's state."""
+  import jax.numpy as jnp
+  from ml_collections import ConfigDict
+
+  def loss(params, model_state, frozen, batch, key):
+    x = batch["image"].reshape(batch["image"].shape[0], -1)[:, :2]
+    err = x @ (params["frozen_later"] + params["free"]) - 1.0
+    return jnp.mean(err ** 2), (model_state, {})
+
+  task = train.Task(
+      name="gate", loss=loss, predict=lambda *a: None, pad=0,
+      init=lambda key: {"params": {"frozen_later": jnp.ones((2, 2)), "free": jnp.ones((2, 2))},
+                        "model_state": {}},
+      gate_updates=lambda u, step: {**u, "frozen_later": jnp.where(
+          step < 2, u["frozen_later"], jnp.zeros_like(u["frozen_later"]))})
+  cfg = ConfigDict({"batch_size": 8, "schedule": {"name": "constant"},
+                    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                  "weight_decay": 0.1}})
+  mesh = parallel.make_mesh()
+  trainer = train.Trainer(task, cfg, mesh, total_steps=6)
+  model, state = trainer.init(jax.random.key(0))
+  key = jax.device_put(jax.random.key(1), parallel.replicated(mesh))
+  batch = parallel.to_global(
+      {"image": np.full((8, 2, 2, 3), 200, np.uint8), "label": np.zeros(8, np.int32)}, mesh)
+  seen = []
+  for _ in range(6):
+    model, state, _ = trainer.step(model, state, batch, key)
+    seen.append(jax.device_get(model["params"]))
+  assert not np.allclose(seen[0]["frozen_later"], 1.0)  # it trained before the gate closed
+  for later in seen[2:]:
+    np.testing.assert_array_equal(later["frozen_later"], seen[1]["frozen_later"])
+  assert not np.allclose(seen[-1]["free"], seen[1]["free"])
+

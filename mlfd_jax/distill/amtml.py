@@ -13,7 +13,8 @@ Each teacher k has a latent vector theta_k; with the adaptor W they weight the t
 n(.) is L2 normalisation over channels at every position, R_lk a FitNet 1x1-conv regressor, and
 teacher maps are resized to the student's grid. The official code's defaults: T = 5,
 alpha = 0.7, l2 = 0.1; theta and W train with the student for the first `weight_phase` of the
-steps and then stop receiving gradients (the student keeps training on the frozen weighting).
+steps and are then frozen exactly, optimizer updates included (`gate_updates`); the student
+keeps training on the frozen weighting.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def teacher_weights(params, student_last_map):
 class AMTML:
   name = "amtml"
   source = "teachers"
+  needs_teacher_logits = True
 
   def __init__(self, cfg, *, student_shapes, teacher_shapes, total_steps: int | None = None):
     opts = {**DEFAULTS, **dict(cfg.get("amtml", {}))}
@@ -67,13 +69,24 @@ class AMTML:
             "w": jax.random.normal(k_w, (self.width,), jnp.float32) / jnp.sqrt(self.width),
             "hints": hints}
 
+  def _weighting_trains(self, step):
+    """Whether theta and W still learn at `step` (always, without a known schedule)."""
+    if self.total_steps is None or step is None:
+      return True
+    return step < int(self.weight_phase * self.total_steps)
+
   def _weighting(self, params, step):
     """theta and W, cut off from the gradient once the weighting phase is over."""
     weighting = {"theta": params["theta"], "w": params["w"]}
-    if self.total_steps is None or step is None:
-      return weighting
-    training = step < int(self.weight_phase * self.total_steps)
+    training = self._weighting_trains(step)
     return jax.tree.map(lambda p: jnp.where(training, p, jax.lax.stop_gradient(p)), weighting)
+
+  def gate_updates(self, updates, step):
+    """Holds theta and W exactly after the weighting phase: no gradient reaches them then, and
+    this also stops the optimizer's momentum and weight decay from moving them."""
+    training = self._weighting_trains(step)
+    return {**updates, **{k: jnp.where(training, updates[k], jnp.zeros_like(updates[k]))
+                          for k in ("theta", "w")}}
 
   def loss(self, params, *, student, teacher, labels, step=None):
     z_s, f_s = student

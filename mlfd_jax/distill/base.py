@@ -12,6 +12,8 @@ computes the student's loss from the student's and the teacher's outputs on the 
   init(key) -> method params (pure dict, trained with the student; {} if none)
   loss(method_params, student=(logits, feats), teacher=..., labels, step)
       -> (scalar loss, {term name: value})   every term, per level, is returned for logging
+  gate_updates(method_updates, step)   optional: zeroes the optimizer's updates of method params
+      that a schedule freezes (amtml's theta and W after the weighting phase)
 
 A run of a method is named by `distill.name` (default: the method): students of different runs
 share one workdir's teachers and joint teacher, each in its own directory and results key.
