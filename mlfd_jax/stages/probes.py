@@ -14,6 +14,7 @@ or other `probe_examples`/`probe_steps`, gets a fresh probe instead of a stale o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,19 +42,25 @@ def same_data(config, a: str, b: str) -> bool:
 
 def pooled_features(fn, variables, size: int, dataset, split: str, limit: int, mesh,
                     batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """`pooled` features and labels of up to `limit` un-augmented examples of a split."""
+  """`pooled` features and labels of up to `limit` un-augmented examples of a split.
+
+  Each process feeds its own rows of every batch; the outputs come back replicated, so every
+  process gets the same whole arrays (and stops after the same batch)."""
   batch_size = max(batch_size // mesh.size, 1) * mesh.size
 
-  @jax.jit
-  def embed(v, images):
-    return fn.apply(v, augment.fit(augment.normalize(images), size), train=False)[1]["pooled"]
+  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  def embed(v, batch):
+    images = augment.fit(augment.normalize(batch["image"]), size)
+    return fn.apply(v, images, train=False)[1]["pooled"], batch["label"], batch["mask"]
 
   feats, labels, n = [], [], 0
-  for batch in dataset.eval_batches(split, batch_size):
-    keep = np.asarray(batch["mask"], bool)
-    out = embed(variables, parallel.to_global({"image": batch["image"]}, mesh)["image"])
-    feats.append(np.asarray(jax.device_get(out), np.float32)[keep])
-    labels.append(np.asarray(batch["label"])[keep])
+  for batch in dataset.eval_batches(split, batch_size, process_index=jax.process_index(),
+                                    process_count=jax.process_count()):
+    batch = parallel.to_global({k: batch[k] for k in ("image", "label", "mask")}, mesh)
+    f, y, keep = (np.asarray(x.addressable_data(0)) for x in embed(variables, batch))
+    keep = keep.astype(bool)
+    feats.append(f.astype(np.float32)[keep])
+    labels.append(y[keep])
     n += int(keep.sum())
     if n >= limit:
       break
@@ -130,8 +137,9 @@ def load_or_fit(workdir: str, target: str, teacher: str, fn, variables, size: in
   val = float(np.mean(np.argmax(vx @ probe["kernel"] + probe["bias"], -1) == vy))
   logging.info("[probe] teacher of %s on %s: %d examples, val top1 %.4f -> %s", teacher, target,
                len(y), val, path)
-  save(path, probe, val_top1=val,
-       meta={"teacher": teacher, "target": target, "examples": len(y), "key": key})
+  if jax.process_index() == 0:  # every process fitted the same probe; one writes it
+    save(path, probe, val_top1=val,
+         meta={"teacher": teacher, "target": target, "examples": len(y), "key": key})
   return {k: jnp.asarray(v) for k, v in probe.items()}
 
 
