@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -56,6 +57,30 @@ def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 def replicate(tree: Any, mesh) -> Any:
   """Places a pytree (parameters, frozen teachers) on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def agree(flags):
+  """Process 0's value of a host-side decision (a bool, or a list of bools) on every process.
+
+  Whether a checkpoint directory or a results entry exists is read from the file system, which
+  process 0 may have just written; every process must still take the same branch around the
+  collective work that follows, or the processes deadlock or fail at their next barrier."""
+  if jax.process_count() == 1:
+    return flags
+  out = multihost_utils.broadcast_one_to_all(np.asarray(flags, bool))
+  return out.tolist() if isinstance(flags, (list, tuple)) else bool(out)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (after process 0 wrote a file the others read)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def replicated_key(seed: int, mesh) -> jax.Array:
+  """A PRNG key on every device of the mesh. Made by a jitted function: `device_put` of a key
+  onto devices of other processes fails on a multi-host mesh."""
+  return jax.jit(jax.random.key, out_shardings=replicated(mesh))(seed)
 
 
 def prefetch(batches: Iterable[dict[str, np.ndarray]], mesh, size: int = 2

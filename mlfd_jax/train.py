@@ -212,7 +212,7 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
     start = int(jax.device_get(train["step"]))
     logging.info("[%s] resuming at step %d/%d from %s", task.name, start, total, ckpt_dir)
 
-  base_key = jax.device_put(jax.random.key(seed + 1), parallel.replicated(mesh))
+  base_key = parallel.replicated_key(seed + 1, mesh)
   batch_size = int(train_cfg.batch_size)
   eval_every = int(train_cfg.get("eval_every", 0) or total)
   log_every = max(1, int(train_cfg.get("log_every", 50)))

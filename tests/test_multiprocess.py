@@ -1,5 +1,6 @@
-"""Two JAX processes on CPU (gloo collectives), as on a multi-host pod: host-side code that
-reads values back from the mesh must give every process the whole, same result."""
+"""Two JAX processes on CPU (gloo collectives), as on a multi-host pod: each feeds its own rows
+of every batch, and training and the host-side code that reads values back from the mesh must
+give the same results as one process."""
 
 import os
 import socket
@@ -8,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +34,34 @@ SCRIPT = textwrap.dedent("""
     mesh = parallel.make_mesh()
     v = parallel.replicate(jax.jit(fn.init)(jax.random.key(0)), mesh)
     x, y = probes.pooled_features(fn, v, ds.image_size, ds, "val", 60, mesh, batch_size=32)
-    np.savez(sys.argv[5], x=x, y=y, key=probes.probe_key(v, examples=60, steps=1))
+
+    # Three teacher steps, each process feeding its rows of every global batch (no crops and a
+    # small lr, as in test_train's device-count test).
+    import dataclasses
+    from mlfd_jax import train
+    from mlfd_jax.stages import teachers
+    cfg = c.teacher_train
+    cfg.batch_size, cfg.optimizer.lr = 16, 0.01
+    task = dataclasses.replace(teachers.teacher_task(c, "digits_a", ds), pad=0)
+    trainer = train.Trainer(task, cfg, mesh, total_steps=3)
+    model, state = trainer.init(jax.random.key(0))
+    key = parallel.replicated_key(1, mesh)
+    batches = ds.train_batches(16, seed=0, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    losses = []
+    for _ in range(3):
+      model, state, m = trainer.step(model, state, parallel.to_global(next(batches), mesh), key)
+      losses.append(float(m["loss"].addressable_data(0)))
+    params = [np.asarray(p.addressable_data(0)) for p in jax.tree.leaves(model["params"])]
+    ev = trainer.evaluate(model, train.EvalSet("digits_a", ds), "val")
+
+    # The teachers stage end to end: fit (checkpoints, validation, resume files), results.json.
+    from mlfd_jax import main as mlfd_main
+    c.stage = "teachers"
+    mlfd_main.run(c, sys.argv[6], "configs/digits.py:tiny")
+    np.savez(sys.argv[5], x=x, y=y, key=probes.probe_key(v, examples=60, steps=1),
+             losses=np.asarray(losses), eval=np.asarray([ev["top1"], ev["count"]]),
+             **{f"p{i}": p for i, p in enumerate(params)})
 """)
 
 
@@ -47,8 +76,9 @@ def _launch(tmp_path, nproc: int) -> list:
   script.write_text(SCRIPT)
   port, env = str(_free_port()), {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   outs = [tmp_path / f"out_{nproc}_{p}.npz" for p in range(nproc)]
+  workdir = tmp_path / f"workdir_{nproc}"
   procs = [subprocess.Popen([sys.executable, str(script), str(p), str(nproc), port, ROOT,
-                             str(out)], env=env, stdout=subprocess.PIPE,
+                             str(out), str(workdir)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
            for p, out in enumerate(outs)]
   for p in procs:
@@ -57,12 +87,46 @@ def _launch(tmp_path, nproc: int) -> list:
   return outs
 
 
-def test_probe_features_are_whole_and_equal_on_every_process(tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """(one process x 4 devices, [each of two processes x 2 devices]) outputs of SCRIPT."""
+  tmp_path = tmp_path_factory.mktemp("multiprocess")
   single, = _launch(tmp_path, 1)
-  ref = np.load(single)
+  return np.load(single), [np.load(out) for out in _launch(tmp_path, 2)], tmp_path
+
+
+def test_probe_features_are_whole_and_equal_on_every_process(runs):
+  ref, procs, _ = runs
   assert ref["x"].shape[0] == 60
-  for out in _launch(tmp_path, 2):
-    got = np.load(out)
+  for got in procs:
     np.testing.assert_allclose(got["x"], ref["x"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got["y"], ref["y"])
     assert str(got["key"]) == str(ref["key"])
+
+
+def test_two_processes_train_the_same_parameters_as_one(runs):
+  ref, procs, _ = runs
+  assert ref["losses"][-1] != ref["losses"][0]  # it trained
+  leaves = [k for k in ref.files if k.startswith("p")]
+  assert len(leaves) > 10
+  for got in procs:
+    np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-4)
+    for k in leaves:
+      np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=2e-5)
+    # Evaluation counts every validation example once, whichever process fed it.
+    np.testing.assert_array_equal(got["eval"], ref["eval"])
+  assert ref["eval"][1] == 87
+
+
+def test_the_teachers_stage_runs_on_two_processes(runs):
+  import json
+  *_, tmp_path = runs
+  res = {n: json.loads((tmp_path / n / "results.json").read_text())["datasets"]
+         for n in ("workdir_1", "workdir_2")}
+  assert sorted(res["workdir_2"]) == ["digits_a", "digits_b", "digits_c"]
+  for name, entry in res["workdir_1"].items():
+    one, two = entry["teacher"], res["workdir_2"][name]["teacher"]
+    assert one["step"] == two["step"] > 0
+    # The same model up to reduction order: at most one test image (of 104-140) apart.
+    assert abs(one["test_top1"] - two["test_top1"]) <= 0.0097
+

@@ -21,7 +21,7 @@ def _teacher(config, name="digits_a"):
 def _run_steps(task, ds, cfg, mesh, steps, seed=0):
   trainer = train.Trainer(task, cfg, mesh, total_steps=steps)
   model, state = trainer.init(jax.random.key(seed))
-  key = jax.device_put(jax.random.key(seed + 1), parallel.replicated(mesh))
+  key = parallel.replicated_key(seed + 1, mesh)
   batches = ds.train_batches(int(cfg.batch_size), seed=seed)
   losses = []
   for _ in range(steps):
@@ -158,7 +158,7 @@ def test_gated_params_hold_exactly_under_momentum_and_weight_decay():
   mesh = parallel.make_mesh()
   trainer = train.Trainer(task, cfg, mesh, total_steps=6)
   model, state = trainer.init(jax.random.key(0))
-  key = jax.device_put(jax.random.key(1), parallel.replicated(mesh))
+  key = parallel.replicated_key(1, mesh)
   batch = parallel.to_global(
       {"image": np.full((8, 2, 2, 3), 200, np.uint8), "label": np.zeros(8, np.int32)}, mesh)
   seen = []

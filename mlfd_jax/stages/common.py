@@ -62,8 +62,9 @@ def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, conf
   `extra` is stored in each entry (a student's method, levels and run name).
   """
   best, last = ckpts.best_step(), ckpts.latest_step()
-  todo = [es for es in eval_sets
-          if force or not results.is_current(workdir, es.name, model, best, last)]
+  current = parallel.agree([results.is_current(workdir, es.name, model, best, last)
+                            for es in eval_sets])
+  todo = [es for es, done in zip(eval_sets, current) if force or not done]
   if not todo:
     return
   if not isinstance(task, train.Task):
@@ -90,7 +91,7 @@ def train_and_report(make_task, train_data, eval_sets, train_cfg, *, stage: str,
   total = train.num_steps(train_cfg, train_data.num_examples("train"))
   report = dict(mesh=mesh, workdir=workdir, config_path=config_path, config=config, model=model,
                 num_classes=num_classes, extra=extra)
-  if os.path.isdir(directory):
+  if parallel.agree(os.path.isdir(directory)):
     done = checkpoint.Checkpoints(directory, read_only=True)
     try:
       latest = done.latest_step()

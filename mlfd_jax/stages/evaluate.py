@@ -12,7 +12,7 @@ import os
 
 from absl import logging
 
-from mlfd_jax import checkpoint, results, train
+from mlfd_jax import checkpoint, parallel, results, train
 from mlfd_jax.distill import base as distill_base
 from mlfd_jax.stages import STAGES, baselines, common, joint as joint_stage
 from mlfd_jax.stages import students as students_stage
@@ -23,7 +23,8 @@ COLUMNS = ("teacher", "joint_teacher", "baseline_joint", "student")
 
 
 def _has_checkpoint(directory: str) -> bool:
-  return os.path.isdir(directory) and any(p.isdigit() for p in os.listdir(directory))
+  return parallel.agree(os.path.isdir(directory) and
+                       any(p.isdigit() for p in os.listdir(directory)))
 
 
 def evaluate_workdir(config, workdir: str, *, config_path: str = "", force: bool = True) -> dict:

@@ -129,7 +129,10 @@ def load_or_fit(workdir: str, target: str, teacher: str, fn, variables, size: in
   path = probe_path(workdir, target, teacher)
   key = probe_key(variables, examples=examples, steps=steps)
   probe = load_saved(path, key, dataset.num_classes)
-  if probe is not None:
+  if parallel.agree(probe is not None):
+    if probe is None:
+      raise FileNotFoundError(f"process {jax.process_index()} cannot read the probe {path} "
+                              f"that process 0 found; is the workdir on a shared file system?")
     return {k: jnp.asarray(v) for k, v in probe.items()}
   x, y = pooled_features(fn, variables, size, dataset, "train", examples, mesh)
   probe = fit_probe(x, y, dataset.num_classes, steps=steps)
@@ -140,6 +143,7 @@ def load_or_fit(workdir: str, target: str, teacher: str, fn, variables, size: in
   if jax.process_index() == 0:  # every process fitted the same probe; one writes it
     save(path, probe, val_top1=val,
          meta={"teacher": teacher, "target": target, "examples": len(y), "key": key})
+  parallel.barrier(f"probe {path}")  # saved before any process looks for it again
   return {k: jnp.asarray(v) for k, v in probe.items()}
 
 

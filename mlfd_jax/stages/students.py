@@ -159,17 +159,16 @@ def student_task(config, name, ds, teacher_out, frozen, teacher_shapes, *, stage
     return student.apply({"params": params["student"], "model_state": model_state["student"]},
                          images, train=False)[0]
 
-  gate = None
-  if hasattr(method, "gate_updates"):
-    def gate(updates, step):
-      return {**updates, "method": method.gate_updates(updates["method"], step)}
+  def gate(updates, step):
+    return {**updates, "method": method.gate_updates(updates["method"], step)}
 
   meta = {"student": block, "num_classes": ds.num_classes, "image_size": ds.image_size,
           "method": config.distill.method}
   stage = stage or distill_base.stage_dirname(config.distill)
   return train.Task(name=f"{stage}/{name}", init=init,
                     loss=loss, predict=predict, frozen=frozen, pad=int(ds.pad),
-                    flip=bool(ds.flip), meta=meta, gate_updates=gate)
+                    flip=bool(ds.flip), meta=meta,
+                    gate_updates=gate if hasattr(method, "gate_updates") else None)
 
 
 def student_datasets(config, names) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from mlfd_jax import checkpoint, train
+from mlfd_jax import checkpoint, parallel, train
 
 
 def _command(config_path: str, workdir: str, stage: str) -> str:
@@ -20,7 +20,7 @@ def restore_finished(task: train.Task, directory: str, *, what: str, stage: str,
                      config_path: str, train_cfg, num_train_examples: int, mesh):
   """The best-by-validation `model` variables of a finished run of `task` in `directory`."""
   make = _command(config_path, workdir, stage)
-  if not os.path.isdir(directory):
+  if not parallel.agree(os.path.isdir(directory)):
     raise FileNotFoundError(f"no {what} checkpoint in {directory}; make it with: {make}")
   ckpts = checkpoint.Checkpoints(directory, read_only=True)
   try:
