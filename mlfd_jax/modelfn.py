@@ -42,7 +42,7 @@ class ModelFn:
   def init(self, key) -> dict[str, Any]:
     model = self._make(nnx.Rngs(key))
     _, params, state = nnx.split(model, nnx.Param, ...)
-    return {"params": params.to_pure_dict(), "model_state": state.to_pure_dict()}
+    return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(state)}
 
   def module(self, variables: dict[str, Any]) -> nnx.Module:
     return nnx.merge(self.graphdef, _fill(self._params_t, variables["params"]),
@@ -54,7 +54,7 @@ class ModelFn:
     rngs = nnx.Rngs(dropout=key) if key is not None else None
     logits, feats = model(x, train=train, rngs=rngs)
     _, _, new_state = nnx.split(model, nnx.Param, ...)
-    return logits, feats, new_state.to_pure_dict()
+    return logits, feats, nnx.to_pure_dict(new_state)
 
 
 def from_config(model_cfg, *, num_classes: int, image_size: int, dtype=jnp.float32) -> ModelFn:

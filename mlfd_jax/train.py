@@ -129,7 +129,7 @@ class Trainer:
     if self.task.gate_updates is not None:
       updates = self.task.gate_updates(updates, step)
     params = optax.apply_updates(model["params"], updates)
-    step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+    step_metrics = {**step_metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
                     "lr": self.schedule(step)}
     return ({"params": params, "model_state": model_state},
             {"step": step + 1, "opt_state": opt_state}, step_metrics)
