@@ -63,6 +63,12 @@ class Checkpoints:
               if (m := self.metrics(s)) and VAL_METRIC in m]
     return max(scored)[1] if scored else None
 
+  def saved_at(self, step: int) -> int | None:
+    """When step `step` was written (ns since the epoch): tells a retrained model's checkpoint
+    from an earlier one of the same step number."""
+    path = os.path.join(self.directory, str(step))
+    return os.stat(path).st_mtime_ns if os.path.isdir(path) else None
+
   # Save / restore ---------------------------------------------------------------------------
   def save(self, step: int, model: Any, train: Any,
            metrics: dict[str, float] | None = None) -> None:

@@ -48,10 +48,11 @@ def record(workdir: str, *, config_path: str, seed: int, dataset: str, num_class
 
 
 def is_current(workdir: str, dataset: str, model: str, best_step: int | None,
-               last_step: int | None) -> bool:
-  """Whether results.json already holds `model`'s numbers for these checkpoint steps."""
+               last_step: int | None, saved_at: int | None = None) -> bool:
+  """Whether results.json already holds `model`'s numbers for these checkpoint steps, written
+  at `saved_at` (a model retrained to the same step numbers is not current)."""
   entry = load(workdir).get("datasets", {}).get(dataset, {}).get(model)
   if not entry or last_step is None:
     return False
   return entry.get("step") == (best_step or last_step) and \
-      entry.get("last", {}).get("step") == last_step
+      entry.get("last", {}).get("step") == last_step and entry.get("saved_at") == saved_at

@@ -172,6 +172,25 @@ def test_interrupted_all_run_resumes_and_finishes(trained, tmp_path, digits_conf
           if p.is_file()} == teachers_before
 
 
+def test_a_retrained_model_is_evaluated_anew_and_a_finished_one_is_not(trained, tmp_path,
+                                                                        digits_config):
+  w = _copy(trained, tmp_path)
+  res = json.loads((w / "results.json").read_text())
+  # Stale numbers of an earlier digits_b student with the same step numbers; digits_c's entry
+  # is marked so that a needless re-evaluation would show.
+  res["datasets"]["digits_b"]["student"]["test_top1"] = -1.0
+  res["datasets"]["digits_c"]["student"]["test_top1"] = -2.0
+  (w / "results.json").write_text(json.dumps(res))
+  shutil.rmtree(w / "students" / "digits_b")
+  digits_config.stage = "students"
+  mlfd_main.run(digits_config, str(w), "configs/digits.py:tiny")
+  res = json.loads((w / "results.json").read_text())["datasets"]
+  entry = res["digits_b"]["student"]
+  assert entry["test_top1"] >= 0.0
+  assert entry["saved_at"] == (w / "students" / "digits_b" / str(entry["last"]["step"])).stat().st_mtime_ns
+  assert res["digits_c"]["student"]["test_top1"] == -2.0
+
+
 def test_joint_without_teachers_names_the_command(digits_config, tmp_path):
   digits_config.stage = "joint"
   with pytest.raises(FileNotFoundError, match=r"teacher of digits_a .*--config.stage=teachers"):

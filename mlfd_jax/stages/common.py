@@ -56,13 +56,15 @@ def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, conf
                   trainer=None, extra: dict | None = None) -> None:
   """Evaluates best and last checkpoints and records them in results.json as `model`.
 
-  Entries already recorded for the same steps are kept as they are unless `force`, so rerunning
-  a finished command evaluates nothing again. `task` may be a zero-argument function returning
+  Entries already recorded for the same checkpoint (steps and write time) are kept as they are
+  unless `force`, so rerunning a finished command evaluates nothing again, while a retrained
+  model is always evaluated anew. `task` may be a zero-argument function returning
   the task, so that nothing (teachers, joint teacher) is restored when nothing is evaluated.
   `extra` is stored in each entry (a student's method, levels and run name).
   """
   best, last = ckpts.best_step(), ckpts.latest_step()
-  current = parallel.agree([results.is_current(workdir, es.name, model, best, last)
+  saved_at = ckpts.saved_at(last) if last is not None else None
+  current = parallel.agree([results.is_current(workdir, es.name, model, best, last, saved_at)
                             for es in eval_sets])
   todo = [es for es, done in zip(eval_sets, current) if force or not done]
   if not todo:
@@ -74,7 +76,7 @@ def record_report(task, ckpts, eval_sets, train_cfg, *, mesh, workdir: str, conf
                  "test top1 %.4f)", model, name, entry["step"], entry["val_top1"],
                  entry["test_top1"], entry["test_top5"], entry["last"]["step"],
                  entry["last"]["test_top1"])
-    entry.update(extra or {})
+    entry.update(extra or {}, saved_at=saved_at)
     results.record(workdir, config_path=config_path, seed=config.seed, dataset=name,
                    num_classes=num_classes[name], model=model, entry=entry)
 
