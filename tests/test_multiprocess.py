@@ -58,6 +58,8 @@ SCRIPT = textwrap.dedent("""
     # The teachers stage end to end: fit (checkpoints, validation, resume files), results.json.
     from mlfd_jax import main as mlfd_main
     c.stage = "teachers"
+    for other in ("digits_b", "digits_c"):  # one teacher is enough, and compiles once
+      del c.datasets[other]
     mlfd_main.run(c, sys.argv[6], "configs/digits.py:tiny")
     np.savez(sys.argv[5], x=x, y=y, key=probes.probe_key(v, examples=60, steps=1),
              losses=np.asarray(losses), eval=np.asarray([ev["top1"], ev["count"]]),
@@ -123,10 +125,10 @@ def test_the_teachers_stage_runs_on_two_processes(runs):
   *_, tmp_path = runs
   res = {n: json.loads((tmp_path / n / "results.json").read_text())["datasets"]
          for n in ("workdir_1", "workdir_2")}
-  assert sorted(res["workdir_2"]) == ["digits_a", "digits_b", "digits_c"]
+  assert sorted(res["workdir_2"]) == ["digits_a"]
   for name, entry in res["workdir_1"].items():
     one, two = entry["teacher"], res["workdir_2"][name]["teacher"]
     assert one["step"] == two["step"] > 0
-    # The same model up to reduction order: at most one test image (of 104-140) apart.
-    assert abs(one["test_top1"] - two["test_top1"]) <= 0.0097
+    # The same model up to reduction order: at most one test image (of 140) apart.
+    assert abs(one["test_top1"] - two["test_top1"]) <= 1 / 140 + 1e-9
 
