@@ -165,14 +165,15 @@ def test_probe_fits_separable_features():
 
 def test_probe_key_follows_the_teacher_and_the_settings():
   v = {"params": {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros((2,))}}}
-  key = probes.probe_key(v, examples=100, steps=300)
+  digest = probes.variables_digest(v)
+  key = probes.probe_key(digest, examples=100, steps=300)
   same = jax.tree_util.tree_map(lambda x: x.copy(), v)
-  assert probes.probe_key(same, examples=100, steps=300) == key
+  assert probes.probe_key(probes.variables_digest(same), examples=100, steps=300) == key
   retrained = jax.tree_util.tree_map(lambda x: x, v)
   retrained["params"]["dense"]["bias"] = jnp.asarray([0.0, 1e-3])
-  assert probes.probe_key(retrained, examples=100, steps=300) != key
-  assert probes.probe_key(v, examples=100, steps=301) != key
-  assert probes.probe_key(v, examples=99, steps=300) != key
+  assert probes.probe_key(probes.variables_digest(retrained), examples=100, steps=300) != key
+  assert probes.probe_key(digest, examples=100, steps=301) != key
+  assert probes.probe_key(digest, examples=99, steps=300) != key
 
 
 def test_a_saved_probe_is_reused_only_for_its_teacher(tmp_path):

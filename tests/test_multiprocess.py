@@ -61,7 +61,7 @@ SCRIPT = textwrap.dedent("""
     for other in ("digits_b", "digits_c"):  # one teacher is enough, and compiles once
       del c.datasets[other]
     mlfd_main.run(c, sys.argv[6], "configs/digits.py:tiny")
-    np.savez(sys.argv[5], x=x, y=y, key=probes.probe_key(v, examples=60, steps=1),
+    np.savez(sys.argv[5], x=x, y=y, key=probes.variables_digest(v),
              losses=np.asarray(losses), eval=np.asarray([ev["top1"], ev["count"]]),
              **{f"p{i}": p for i, p in enumerate(params)})
 """)

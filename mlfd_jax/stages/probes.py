@@ -98,15 +98,21 @@ def probe_path(workdir: str, target: str, teacher: str) -> str:
   return os.path.join(workdir, DIRNAME, target, f"{teacher}.npz")
 
 
-def probe_key(variables, *, examples: int, steps: int) -> str:
-  """Digest of a teacher's variables and the probe settings, which a saved probe must match."""
-  h = hashlib.sha1(f"examples={examples} steps={steps}".encode())
+def variables_digest(variables) -> str:
+  """A digest of a teacher's variables (computed once per teacher: it reads every weight)."""
+  h = hashlib.sha1()
   for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
     # A replicated global array's first local shard is the whole value, on every host.
     value = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
     h.update(jax.tree_util.keystr(path).encode())
     h.update(np.ascontiguousarray(np.asarray(value)).tobytes())
-  return h.hexdigest()[:16]
+  return h.hexdigest()
+
+
+def probe_key(teacher_digest: str, *, examples: int, steps: int) -> str:
+  """What a saved probe must match: its teacher's `variables_digest` and the probe settings."""
+  return hashlib.sha1(f"{teacher_digest} examples={examples} steps={steps}".encode()
+                      ).hexdigest()[:16]
 
 
 def load_saved(path: str, key: str, num_classes: int) -> dict | None:
@@ -123,11 +129,11 @@ def load_saved(path: str, key: str, num_classes: int) -> dict | None:
 
 
 def load_or_fit(workdir: str, target: str, teacher: str, fn, variables, size: int, dataset,
-                mesh, *, examples: int, steps: int) -> dict:
+                mesh, *, examples: int, steps: int, teacher_digest: str) -> dict:
   """Teacher `teacher`'s probe on dataset `target`: loaded if saved for these very teacher
-  variables and settings, else fitted and saved."""
+  variables (`teacher_digest`) and settings, else fitted and saved."""
   path = probe_path(workdir, target, teacher)
-  key = probe_key(variables, examples=examples, steps=steps)
+  key = probe_key(teacher_digest, examples=examples, steps=steps)
   probe = load_saved(path, key, dataset.num_classes)
   if parallel.agree(probe is not None):
     if probe is None:

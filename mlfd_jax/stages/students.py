@@ -32,6 +32,8 @@ class FrozenModels:
     self.mesh, self.config_path = mesh, config_path
     self._teachers = None
     self._models = None
+    self._probes: dict[int, list] = {}
+    self._digests: dict[int, str] = {}
     self._joint: dict[str, tuple] = {}
 
   def teachers(self):
@@ -70,7 +72,10 @@ class FrozenModels:
     return self._models
 
   def probes_for(self, index: int):
-    """Per teacher: None where it shares dataset `index`'s label space, else its linear probe."""
+    """Per teacher: None where it shares dataset `index`'s label space, else its linear probe
+    (loaded or fitted once per run)."""
+    if index in self._probes:
+      return self._probes[index]
     c, target = self.config, self.names[index]
     dc = c.distill
     out = []
@@ -83,9 +88,13 @@ class FrozenModels:
         raise ValueError(f"distill.method={dc.method!r} needs the logits of the teacher of "
                          f"{name!r} on {target!r}'s classes, but distill.probe_steps={steps} "
                          f"turns the linear probes off; set it > 0")
+      if k not in self._digests:
+        self._digests[k] = probes.variables_digest(self.teachers()[k])
       out.append(probes.load_or_fit(
           self.workdir, target, name, fn, self.teachers()[k], size, self.datasets[index],
-          self.mesh, examples=int(dc.get("probe_examples", 10000)), steps=steps))
+          self.mesh, examples=int(dc.get("probe_examples", 10000)), steps=steps,
+          teacher_digest=self._digests[k]))
+    self._probes[index] = out
     return out
 
   def sources_for(self, index: int):
