@@ -50,7 +50,7 @@ def test_fusion_emits_the_reference_students_shapes_for_mixed_teachers(digits_co
   names = list(NAMES)
   datasets = [common.build_dataset(c, n) for n in names]
   joint = joint_stage.build_joint(c, names, datasets, [0, 1, 2], c.joint_train)
-  _, ref = joint_stage.reference_student(c, names, datasets)
+  _, ref, _ = joint_stage.reference_student(c, names, datasets)
   teacher_vars = [fn.init(jax.random.key(i)) for i, fn in enumerate(joint.teachers)]
   v = joint.init(jax.random.key(3))
   images = jnp.ones((2, 20, 20, 3))  # any batch resolution: each teacher gets its own

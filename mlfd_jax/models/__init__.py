@@ -14,15 +14,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mlfd_jax.models import convnext, resnet, vit
-from mlfd_jax.models.layers import LEVELS
+from mlfd_jax.models.layers import LEVELS, FeatureSpace
 from mlfd_jax.registry import Registry
 
 MODELS: Registry = Registry("model")
-for _module, _names in ((resnet, ("resnet18", "resnet34", "resnet50")),
-                        (convnext, ("convnext_atto", "convnext_tiny")),
-                        (vit, ("vit_ti", "vit_s"))):
+_FEATURE_SPACES: dict[str, FeatureSpace] = {}
+for _module, _family, _names in ((resnet, resnet.ResNet, ("resnet18", "resnet34", "resnet50")),
+                                 (convnext, convnext.ConvNeXt, ("convnext_atto", "convnext_tiny")),
+                                 (vit, vit.ViT, ("vit_ti", "vit_s"))):
   for _name in _names:
     MODELS.add(_name, getattr(_module, _name))
+    _FEATURE_SPACES[_name] = _family.feature_space
+
+
+def feature_space(name: str) -> FeatureSpace:
+  """How model `name`'s level features are made (activation, dense level): see FeatureSpace."""
+  MODELS.get(name)  # an unknown name fails here, naming the valid ones
+  return _FEATURE_SPACES[name]
 
 _COMMON = ("num_classes", "image_size", "rngs", "dtype")
 
@@ -49,4 +57,4 @@ def create_model(name: str, *, num_classes: int, image_size: int, rngs: nnx.Rngs
                           dtype=dtype, **kwargs)
 
 
-__all__ = ["LEVELS", "MODELS", "create_model", "model_options"]
+__all__ = ["LEVELS", "MODELS", "FeatureSpace", "create_model", "feature_space", "model_options"]

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlfd_jax.models.layers import (LEVELS, SMALL_IMAGE, check_image_size, check_width,
-                                    drop_path, scaled, stochastic_rngs)
+from mlfd_jax.models.layers import (LEVELS, SMALL_IMAGE, FeatureSpace, check_image_size,
+                                    check_width, drop_path, scaled, stochastic_rngs)
 
 # ConvNeXt inits every conv and linear with timm's trunc_normal_(std=.02), which cuts at +-2
 # (100 sigma): a plain normal. JAX's truncated_normal would cut at 2 sigma.
@@ -59,6 +59,8 @@ class ConvNeXt(nnx.Module):
   """
 
   level_names = LEVELS
+  # Stages end on the residual stream (any sign); the head reads LayerNorm(pool(stage4)).
+  feature_space = FeatureSpace(activation="none", pooled="mean_layernorm")
 
   def __init__(self, *, depths: Sequence[int], dims: Sequence[int], num_classes: int,
                image_size: int, rngs: nnx.Rngs, dtype: Any = jnp.float32,

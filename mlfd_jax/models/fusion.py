@@ -5,11 +5,18 @@ teacher's feature map at the fusion level l1 and
 
 1. adapts each map to a common width (BatchNorm + 1x1 conv, one adaptor per teacher),
 2. resizes the adapted maps to the reference student's grid at l1 and concatenates them,
-3. maps the concatenation to the student's width at l1 (1x1 conv): the fused map M^{l1},
-4. goes one level deeper at a time (BN, GELU, 3x3 conv with stride = the spatial ratio, BN,
-   GELU, 1x1 conv to the student's width), emitting M^l with the student's shape at each level,
-5. average-pools the last map into the dense level `pooled` (projected to the student's pooled
-   width when it differs), then dropout and one linear head per dataset.
+3. maps the concatenation to the student's width at l1 (1x1 conv, BN, the student's activation):
+   the fused map M^{l1},
+4. goes one level deeper at a time (3x3 conv with stride = the spatial ratio, BN, GELU, 1x1 conv
+   to the student's width, BN, the student's activation), emitting M^l with the student's shape,
+5. pools the last map into the dense level `pooled` the way the student does (its mean, with a
+   LayerNorm after it for a ConvNeXt), then dropout and one linear head per dataset.
+
+Every emitted level lives in the reference student's feature space (`FeatureSpace`): after a
+ReLU where a ResNet's stage ends with one, so the target is never negative where the student's
+feature cannot be; and `pooled` is the pool of the emitted last map, as the student's is of its
+own, so the last map and the dense level are one consistent target. (The reference code emits
+GELU(BN(conv)) maps, which a ReLU student cannot match where they are negative.)
 
 `target_shapes` (the reference student's level shapes, `{level: (H, W, C) or (D,)}`) fix every
 size, so the emitted maps can be compared with the student's features directly.
@@ -24,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mlfd_jax.models.layers import FeatureSpace
+
 MAP_LEVELS = ("stage1", "stage2", "stage3", "stage4")
 
 
@@ -34,19 +43,35 @@ def resize_map(x, hw: tuple[int, int]):
   return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), method="bilinear", antialias=True)
 
 
-class _Down(nnx.Module):
-  """One level deeper: BN-GELU-conv3x3(stride)-BN-GELU-conv1x1."""
+def _activate(x, space: FeatureSpace):
+  return nnx.relu(x) if space.activation == "relu" else x
 
-  def __init__(self, cin: int, cout: int, stride: int, *, dtype, rngs: nnx.Rngs):
-    self.bn1 = nnx.BatchNorm(cin, momentum=0.9, rngs=rngs)
-    self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", use_bias=False,
-                          dtype=dtype, rngs=rngs)
-    self.bn2 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
-    self.conv2 = nnx.Conv(cout, cout, (1, 1), dtype=dtype, rngs=rngs)
+
+class _Emit(nnx.Module):
+  """The last op of every emitted level: BN, then the student's activation at that level."""
+
+  def __init__(self, c: int, space: FeatureSpace, *, rngs: nnx.Rngs):
+    self.bn = nnx.BatchNorm(c, momentum=0.9, rngs=rngs)
+    self.space = space
 
   def __call__(self, x, *, train: bool):
-    x = self.conv1(nnx.gelu(self.bn1(x, use_running_average=not train)))
-    return self.conv2(nnx.gelu(self.bn2(x, use_running_average=not train)))
+    return _activate(self.bn(x, use_running_average=not train), self.space)
+
+
+class _Down(nnx.Module):
+  """One level deeper: conv3x3(stride)-BN-GELU-conv1x1, then the level's BN + activation."""
+
+  def __init__(self, cin: int, cout: int, stride: int, space: FeatureSpace, *, dtype,
+               rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding="SAME", use_bias=False,
+                          dtype=dtype, rngs=rngs)
+    self.bn1 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+    self.conv2 = nnx.Conv(cout, cout, (1, 1), use_bias=False, dtype=dtype, rngs=rngs)
+    self.emit = _Emit(cout, space, rngs=rngs)
+
+  def __call__(self, x, *, train: bool):
+    x = nnx.gelu(self.bn1(self.conv1(x), use_running_average=not train))
+    return self.emit(self.conv2(x), train=train)
 
 
 class _Adaptor(nnx.Module):
@@ -64,8 +89,9 @@ class FusionHead(nnx.Module):
   """Teachers' l1 maps -> student-shaped maps at l1..stage4, `pooled`, and per-dataset logits."""
 
   def __init__(self, *, teacher_widths: Sequence[int], fusion_level: str,
-               target_shapes: dict[str, tuple[int, ...]], num_classes: Sequence[int],
-               width: int, dropout: float, rngs: nnx.Rngs, dtype=jnp.float32):
+               target_shapes: dict[str, tuple[int, ...]], target_space: FeatureSpace,
+               num_classes: Sequence[int], width: int, dropout: float, rngs: nnx.Rngs,
+               dtype=jnp.float32):
     if fusion_level not in MAP_LEVELS:
       raise ValueError(f"fusion_level {fusion_level!r} is not a map level; valid: "
                        f"{', '.join(MAP_LEVELS)}")
@@ -78,7 +104,9 @@ class FusionHead(nnx.Module):
     self.dtype = dtype
     self.adaptors = nnx.List([_Adaptor(c, width, dtype=dtype, rngs=rngs) for c in teacher_widths])
     first = self.target_shapes[fusion_level]
-    self.merge = nnx.Conv(width * len(teacher_widths), first[-1], (1, 1), dtype=dtype, rngs=rngs)
+    self.merge = nnx.Conv(width * len(teacher_widths), first[-1], (1, 1), use_bias=False,
+                          dtype=dtype, rngs=rngs)
+    self.merge_emit = _Emit(first[-1], target_space, rngs=rngs)
     downs = []
     for prev, level in zip(self.map_levels, self.map_levels[1:]):
       (h0, _, c0), (h1, _, c1) = self.target_shapes[prev], self.target_shapes[level]
@@ -86,13 +114,15 @@ class FusionHead(nnx.Module):
       if 2 ** round(math.log2(stride)) != stride:
         raise ValueError(f"cannot go from {prev} ({h0} px) to {level} ({h1} px) with stride-2 "
                          f"convs; the reference student's levels do not nest")
-      downs.append(_Down(c0, c1, stride, dtype=dtype, rngs=rngs))
+      downs.append(_Down(c0, c1, stride, target_space, dtype=dtype, rngs=rngs))
     self.downs = nnx.List(downs)
     last_width = self.target_shapes[self.map_levels[-1]][-1]
     pooled_width = self.target_shapes["pooled"][-1]
-    self.pool_norm = nnx.BatchNorm(last_width, momentum=0.9, rngs=rngs)
-    self.project = (nnx.Linear(last_width, pooled_width, dtype=dtype, rngs=rngs)
-                    if pooled_width != last_width else None)
+    if pooled_width != last_width:
+      raise ValueError(f"the reference student's pooled width ({pooled_width}) is not its last "
+                       f"map's ({last_width}); its dense level is not a pool of that map")
+    self.pool_norm = (nnx.LayerNorm(last_width, epsilon=1e-6, dtype=dtype, rngs=rngs)
+                      if target_space.pooled == "mean_layernorm" else None)
     self.dropout = nnx.Dropout(dropout)
     self.heads = nnx.List([nnx.Linear(pooled_width, n, dtype=dtype, rngs=rngs)
                            for n in num_classes])
@@ -102,15 +132,15 @@ class FusionHead(nnx.Module):
     grid = self.target_shapes[self.fusion_level][:2]
     adapted = [resize_map(a(m.astype(self.dtype), train=train), grid)
                for a, m in zip(self.adaptors, teacher_maps)]
-    x = self.merge(jnp.concatenate(adapted, axis=-1))
+    x = self.merge_emit(self.merge(jnp.concatenate(adapted, axis=-1)), train=train)
     feats = {self.fusion_level: x}
     for level, down in zip(self.map_levels[1:], self.downs):
       x = down(x, train=train)
       x = resize_map(x, self.target_shapes[level][:2])  # exact when the strides nest
       feats[level] = x
-    pooled = jnp.mean(nnx.gelu(self.pool_norm(x, use_running_average=not train)), axis=(1, 2))
-    if self.project is not None:
-      pooled = self.project(pooled)
+    pooled = jnp.mean(x, axis=(1, 2))
+    if self.pool_norm is not None:
+      pooled = self.pool_norm(pooled)
     feats["pooled"] = pooled
     h = self.dropout(pooled, deterministic=not train, rngs=rngs)
     return [head(h).astype(jnp.float32) for head in self.heads], feats

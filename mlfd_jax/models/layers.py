@@ -5,6 +5,7 @@ Every backbone returns the same feature levels so fusion and distillation code c
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -14,6 +15,27 @@ from flax import nnx
 # The feature levels every model returns, shallow to deep; `pooled` is what the head reads.
 LEVELS = ("stage1", "stage2", "stage3", "stage4", "pooled")
 STAGES = LEVELS[:4]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpace:
+  """What a backbone's level features look like, so a joint teacher can emit the same kind.
+
+  `activation` ends every map level: `relu` (a ResNet block's output, never negative) or `none`
+  (a residual stream, any sign). `pooled` says how the dense level comes from the last map:
+  `mean` (global average pool) or `mean_layernorm` (the pool, then a LayerNorm: ConvNeXt).
+  A student can only match a target that lives in its own space (see models/fusion.py).
+  """
+
+  activation: str
+  pooled: str
+
+  def __post_init__(self):
+    if self.activation not in ("relu", "none"):
+      raise ValueError(f"FeatureSpace.activation {self.activation!r}; valid: relu, none")
+    if self.pooled not in ("mean", "mean_layernorm"):
+      raise ValueError(f"FeatureSpace.pooled {self.pooled!r}; valid: mean, mean_layernorm")
+
 
 # Images at most this large get the small-image (CIFAR-style) stem.
 SMALL_IMAGE = 64

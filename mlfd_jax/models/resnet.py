@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlfd_jax.models.layers import LEVELS, SMALL_IMAGE, check_image_size, check_width, scaled
+from mlfd_jax.models.layers import (LEVELS, SMALL_IMAGE, FeatureSpace, check_image_size,
+                                    check_width, scaled)
 
 # torchvision's inits: kaiming_normal_(mode='fan_out') for convs, nn.Linear's default for the head.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -93,6 +94,8 @@ class ResNet(nnx.Module):
   """
 
   level_names = LEVELS
+  # Every stage ends with a block's ReLU; the head reads the average pool of stage4.
+  feature_space = FeatureSpace(activation="relu", pooled="mean")
 
   def __init__(self, *, block: type, stage_sizes, num_classes: int, image_size: int,
                rngs: nnx.Rngs, dtype: Any = jnp.float32, width: float = 1.0,

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlfd_jax.models.layers import (LEVELS, SMALL_IMAGE, check_image_size, check_width, scaled,
-                                    stochastic_rngs)
+from mlfd_jax.models.layers import (LEVELS, SMALL_IMAGE, FeatureSpace, check_image_size,
+                                    check_width, scaled, stochastic_rngs)
 
 _xavier = nnx.initializers.xavier_uniform()
 _head_init = nnx.initializers.normal(0.02)  # timm's trunc_normal_(std=.02) cuts at 100 sigma.
@@ -64,6 +64,8 @@ class ViT(nnx.Module):
   """ViT with learned position embeddings and mean-pooled tokens (no class token)."""
 
   level_names = LEVELS
+  # Token grids (the last after the final LayerNorm), any sign; the head reads their mean.
+  feature_space = FeatureSpace(activation="none", pooled="mean")
 
   def __init__(self, *, dim: int, depth: int, heads: int, num_classes: int, image_size: int,
                rngs: nnx.Rngs, dtype: Any = jnp.float32, patch_size: int | None = None,

@@ -20,6 +20,7 @@ import optax
 
 from mlfd_jax import data, modelfn, train
 from mlfd_jax.data import augment
+from mlfd_jax.models import FeatureSpace, feature_space
 from mlfd_jax.models.fusion import MAP_LEVELS, FusionHead
 from mlfd_jax.stages import STAGES, common, teacher_store, teachers as teachers_stage
 
@@ -35,16 +36,19 @@ def student_block(config, name: str) -> dict:
   return common.model_block(config, "teachers", name)
 
 
-def reference_student(config, names, datasets) -> tuple[str, dict[str, tuple[int, ...]]]:
-  """The dataset whose student's level shapes the joint teacher emits, and those shapes."""
+def reference_student(config, names, datasets
+                      ) -> tuple[str, dict[str, tuple[int, ...]], FeatureSpace]:
+  """The dataset whose student the joint teacher's levels imitate, their shapes, and the
+  student's feature space (what activation ends a level, how the dense level is pooled)."""
   ref = config.joint.get("shape_like", "") or names[0]
   if ref not in names:
     raise ValueError(f"joint.shape_like={ref!r} is not a configured dataset; valid: "
                      f"{', '.join(names)}")
   ds = datasets[names.index(ref)]
-  student = common.model_fn(student_block(config, ref), num_classes=ds.num_classes,
-                            image_size=ds.image_size, train_cfg=config.student_train)
-  return ref, modelfn.level_shapes(student, ds.image_size)
+  block = student_block(config, ref)
+  student = common.model_fn(block, num_classes=ds.num_classes, image_size=ds.image_size,
+                            train_cfg=config.student_train)
+  return ref, modelfn.level_shapes(student, ds.image_size), feature_space(block["name"])
 
 
 @dataclasses.dataclass
@@ -120,12 +124,13 @@ def build_joint(config, names, datasets, heads: list[int], mesh_dtype_cfg) -> Jo
     teachers.append(fn)
     sizes.append(ds.image_size)
     widths.append(shapes[level][-1])
-  _, targets = reference_student(config, names, datasets)
+  _, targets, space = reference_student(config, names, datasets)
   dtype = modelfn.compute_dtype(mesh_dtype_cfg.get("dtype", "float32"))
   num_classes = [datasets[i].num_classes for i in heads]
   fusion = modelfn.ModelFn(lambda rngs: FusionHead(
-      teacher_widths=widths, fusion_level=level, target_shapes=targets, num_classes=num_classes,
-      width=int(jc.width), dropout=float(jc.dropout), rngs=rngs, dtype=dtype))
+      teacher_widths=widths, fusion_level=level, target_shapes=targets, target_space=space,
+      num_classes=num_classes, width=int(jc.width), dropout=float(jc.dropout), rngs=rngs,
+      dtype=dtype))
   emitted = (*MAP_LEVELS[MAP_LEVELS.index(level):], "pooled")
   return JointTeacher(teachers, sizes, fusion, level, {k: targets[k] for k in emitted},
                       finetune=bool(jc.finetune_teachers))
