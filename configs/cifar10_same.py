@@ -16,7 +16,7 @@ dataset gets students (`student_datasets`); MLFD's joint teacher fuses all three
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
+from mlfd_jax.config_lib import distill_block, model_block, parse_arg, run_keys, train_block
 
 TEACHERS = {"cifar10_resnet18": model_block("resnet18", width=0.125),
             "cifar10_convnext": model_block("convnext_atto", width=0.25),
@@ -29,10 +29,7 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg.variant!r}; valid: default, tiny")
   tiny = arg.variant == "tiny"
 
-  c = ml_collections.ConfigDict()
-  c.stage = "all"
-  c.seed = 0
-  c.num_devices = 0
+  c = run_keys(ml_collections.ConfigDict())
   root = ml_collections.FieldReference("../shared/data")
   c.data_root = root
 

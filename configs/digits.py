@@ -11,7 +11,7 @@ a small width). Runs every stage on 2 CPU cores in minutes; no download.
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
+from mlfd_jax.config_lib import distill_block, model_block, parse_arg, run_keys, train_block
 from mlfd_jax.data.subsets import class_subsets
 
 NAMES = ("digits_a", "digits_b", "digits_c")
@@ -24,10 +24,7 @@ def get_config(arg=None):
   tiny = arg.variant == "tiny"
   steps = 4 if tiny else 300
 
-  c = ml_collections.ConfigDict()
-  c.stage = "all"
-  c.seed = 0
-  c.num_devices = 0  # 0: all devices
+  c = run_keys(ml_collections.ConfigDict())
 
   c.datasets = ml_collections.ConfigDict()
   for name, classes in zip(NAMES, class_subsets(10, 3)):

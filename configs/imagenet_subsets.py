@@ -19,22 +19,20 @@ bf16 compute, fp32 parameters). The data must already be prepared for TFDS: set
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
+from mlfd_jax.config_lib import (apply_setting, distill_block, model_block, parse_arg,
+                                 run_keys, train_block)
 from mlfd_jax.data.subsets import class_subsets
 
 NUM_CLASSES = 1000
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, {"variant": "default", "k": 3})
+  arg = parse_arg(arg, {"variant": "default", "k": 3, "setting": "paper"})
   if arg.variant not in ("default", "local"):
     raise ValueError(f"unknown variant {arg.variant!r}; valid: default, local")
   local = arg.variant == "local"
 
-  c = ml_collections.ConfigDict()
-  c.stage = "all"
-  c.seed = 0
-  c.num_devices = 0
+  c = run_keys(ml_collections.ConfigDict())
   data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data_dir = data_dir  # None: TFDS_DATA_DIR or the TFDS default
   size = ml_collections.FieldReference(224)
@@ -68,4 +66,4 @@ def get_config(arg=None):
   c.joint_train = phase(30)
   c.student_train = phase(90)
   c.distill = distill_block()
-  return c
+  return apply_setting(c, arg.setting)

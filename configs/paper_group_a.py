@@ -11,15 +11,12 @@ official val/ must first be sorted into class folders). Student of each dataset 
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
+from mlfd_jax.config_lib import distill_block, model_block, parse_arg, run_keys, train_block
 
 
 def get_config(arg=None):
   parse_arg(arg, {"variant": "default"})
-  c = ml_collections.ConfigDict()
-  c.stage = "all"
-  c.seed = 0
-  c.num_devices = 0
+  c = run_keys(ml_collections.ConfigDict())
   data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data_dir = data_dir
   tiny_root = ml_collections.FieldReference("/data/tiny-imagenet-200")

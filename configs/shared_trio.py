@@ -14,22 +14,20 @@ on 2 CPU cores, in minutes per model. `data_root` moves all three files at once.
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, train_block
+from mlfd_jax.config_lib import (apply_setting, distill_block, model_block, parse_arg,
+                                 run_keys, train_block)
 
 FILES = {"cifar10": ("cifar10_subset.npz", True), "fashion_mnist": ("fashion_mnist.npz", True),
          "mnist": ("mnist.npz", False)}
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, {"variant": "default"})
+  arg = parse_arg(arg, {"variant": "default", "setting": "paper"})
   if arg.variant not in ("default", "tiny"):
     raise ValueError(f"unknown variant {arg.variant!r}; valid: default, tiny")
   tiny = arg.variant == "tiny"
 
-  c = ml_collections.ConfigDict()
-  c.stage = "all"
-  c.seed = 0
-  c.num_devices = 0
+  c = run_keys(ml_collections.ConfigDict())
   root = ml_collections.FieldReference("../shared/data")
   c.data_root = root
 
@@ -54,4 +52,4 @@ def get_config(arg=None):
   c.student_train = train_block(steps=steps["student"], batch_size=64, lr=0.1,
                                 warmup_steps=0 if tiny else 50, eval_every=every)
   c.distill = distill_block()
-  return c
+  return apply_setting(c, arg.setting)

@@ -41,11 +41,36 @@ def distill_block(*, method: str = "mlfd", levels: str = "all", w_kd: float = 0.
       method=method, name="", levels=levels, w_kd=w_kd, w_feat=w_feat, w_ce=w_ce,
       temperature=temperature, label_smoothing=label_smoothing,
       probe_steps=300, probe_examples=10000,
-      amtml=dict(temperature=5.0, alpha=0.7, hint_levels="stage3", w_hint=1.0,
-                 w_rkd_dist=0.0, w_rkd_angle=0.0, l2=0.1, weight_phase=0.5),
+      amtml=dict(temperature=5.0, alpha=0.7, kd_reduction="mean", hint_levels="stage3",
+                 w_hint=1.0, w_rkd_dist=0.0, w_rkd_angle=0.0, l2=0.1, weight_phase=0.5),
       feed=dict(beta=100.0, generations=2)))
   block.update(overrides)
   return block
+
+
+SETTINGS = ("paper", "reference")
+
+
+def run_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The top-level keys every config carries (so each can be overridden on any config)."""
+  c.stage = "all"
+  c.seed = 0
+  c.num_devices = 0  # 0: all devices
+  c.student_datasets = ""  # comma-separated datasets that get students; empty: all
+  return c
+
+
+def apply_setting(c: ml_collections.ConfigDict, setting: str) -> ml_collections.ConfigDict:
+  """`paper` (as built) or `reference`: the paper authors' code, which fuses the teachers at
+  their last map (stage4), trains one joint teacher per target dataset on that dataset only,
+  and distils the last conv map alone (method `mlfd_last`)."""
+  if setting not in SETTINGS:
+    raise ValueError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+  if setting == "reference":
+    c.joint.fusion_level = "stage4"
+    c.joint.mode = "per_dataset"
+    c.distill.method = "mlfd_last"
+  return c
 
 
 def model_block(name: str, **kwargs) -> ml_collections.ConfigDict:

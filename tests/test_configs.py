@@ -1,14 +1,20 @@
 """Every config file loads, its variants parse, and its model blocks build (shapes only)."""
 
 import importlib
+import json
+import pathlib
 
 import pytest
 from flax import nnx
 
 from mlfd_jax.models import create_model
 
-CONFIGS = {"digits": ["", "tiny"], "shared_trio": ["", "tiny"], "cifar10_same": ["", "tiny"],
-           "imagenet_subsets": ["", "variant=local", "k=5"], "paper_group_a": [""]}
+CONFIGS = {"digits": ["", "tiny"], "shared_trio": ["", "tiny", "setting=reference"],
+           "cifar10_same": ["", "tiny"],
+           "imagenet_subsets": ["", "variant=local", "k=5", "setting=reference"],
+           "paper_group_a": [""],
+           "tiny_imagenet_subsets": ["", "tiny", "k=5", "setting=reference",
+                                     "width=0.25,teacher_width=0.5,budget=2,cifar=1"]}
 
 
 @pytest.mark.parametrize("name, arg", [(n, a) for n, args in CONFIGS.items() for a in args])
@@ -26,11 +32,27 @@ def test_config_loads_and_models_build(name, arg):
       assert model.image_size == block.image_size
   for phase in (c.teacher_train, c.joint_train, c.student_train):
     assert phase.steps > 0 or phase.epochs > 0
-  # Every config carries every method's options, so any method runs with --config.distill.*.
+  # Every config carries every method's options, so any method runs with --config.distill.*,
+  # and every documented top-level key, so --config.student_datasets=... works everywhere.
   assert {"amtml", "feed", "name", "probe_steps"} <= set(c.distill.keys())
+  assert {"stage", "seed", "num_devices", "student_datasets"} <= set(c.keys())
+  if "setting=reference" in arg:
+    # The paper authors' code: fuse at the last map, one joint teacher per dataset, last map.
+    assert (c.joint.fusion_level, c.joint.mode, c.distill.method) == (
+        "stage4", "per_dataset", "mlfd_last")
+  else:
+    assert (c.joint.mode, c.distill.method) == ("all", "mlfd")
   if name == "imagenet_subsets" and arg == "k=5":
     assert len(c.datasets) == 5
     assert sum(len(b.classes) for b in c.datasets.values()) == 1000
+  if name == "tiny_imagenet_subsets":
+    subsets = [b.classes for n, b in c.datasets.items() if n.startswith("tin")]
+    assert sorted(x for s in subsets for x in s) == list(range(30))  # disjoint, all 30
+    assert len(subsets) == (5 if "k=5" in arg else 3)
+    if "cifar=1" in arg:
+      assert c.datasets.cifar10.path.endswith("cifar10_subset.npz")
+      assert c.teachers.cifar10.width == 0.5 and c.students.cifar10.width == 0.25
+      assert c.student_train.steps == 2 * 600
 
 
 def test_unknown_variant_names_itself():
@@ -48,3 +70,23 @@ def test_shared_data_root_moves_every_path():
   assert {b.path for b in c.datasets.values()} == {
       "/elsewhere/mnist.npz", "/elsewhere/fashion_mnist.npz", "/elsewhere/cifar10_subset.npz"}
 
+
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "tiny_imagenet30_32.npz").exists(),
+                    reason="no ../shared/data/tiny_imagenet30_32.npz")
+def test_tiny_imagenet_subsets_tiny_runs_every_stage(tmp_path):
+  """The CPU twin of imagenet_subsets, end to end on the real 30-class file (3 steps a stage)."""
+  from configs import tiny_imagenet_subsets
+  from mlfd_jax import main as mlfd_main
+  c = tiny_imagenet_subsets.get_config("tiny")
+  c.data_root = str(SHARED_DATA)
+  mlfd_main.run(c, str(tmp_path), "configs/tiny_imagenet_subsets.py:tiny")
+  res = json.loads((tmp_path / "results.json").read_text())["datasets"]
+  assert sorted(res) == ["tin3_0", "tin3_1", "tin3_2"]
+  for entry in res.values():
+    assert entry["num_classes"] == 10
+    for model in ("teacher", "joint_teacher", "student"):
+      assert 0.0 <= entry[model]["test_top1"] <= entry[model]["test_top5"] <= 1.0

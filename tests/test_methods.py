@@ -94,10 +94,20 @@ def test_amtml_weights_sum_to_one_follow_the_adaptor_and_the_loss_matches():
     tm = np.asarray(jax.image.resize(ft["stage3"], (2, 2, 2, 6), "bilinear", antialias=True))
     hint += np.mean((s - unit(tm)) ** 2)
   l2 = 0.5 * (np.sum(np.asarray(p["theta"]) ** 2) + np.sum(np.asarray(p["w"]) ** 2))
-  np.testing.assert_allclose(float(terms["kd"]), kd, rtol=1e-5)
+  # The official nn.KLDivLoss() (reduction 'mean') also divides by the 3 classes.
+  np.testing.assert_allclose(float(terms["kd"]), kd / 3, rtol=1e-5)
   np.testing.assert_allclose(float(terms["hint"]), hint, rtol=1e-4)
-  np.testing.assert_allclose(float(total), 2 * 0.7 * kd + 0.3 * ce + 1.0 * hint + 0.1 * l2,
+  np.testing.assert_allclose(float(total), 2 * 0.7 * kd / 3 + 0.3 * ce + 1.0 * hint + 0.1 * l2,
                              rtol=1e-5)
+  cfg.amtml.kd_reduction = "batchmean"
+  per_image = distill.build_method(cfg, student_shapes=s_shapes, teacher_shapes=shapes,
+                                   total_steps=10)
+  _, terms_b = per_image.loss(p, student=(zs, fs), teacher=teachers, labels=y, step=jnp.int32(0))
+  np.testing.assert_allclose(float(terms_b["kd"]), kd, rtol=1e-5)
+  cfg.amtml.kd_reduction = "sum"
+  with pytest.raises(ValueError, match=r"distill.amtml.kd_reduction='sum'; valid: mean, batchmean"):
+    distill.build_method(cfg, student_shapes=s_shapes, teacher_shapes=shapes, total_steps=10)
+  cfg.amtml.kd_reduction = "mean"
 
   # theta and W learn during the weighting phase (half the steps) and are frozen after it.
   def grad_theta(step):

@@ -5,11 +5,15 @@ Each teacher k has a latent vector theta_k; with the adaptor W they weight the t
   g(x)   = GlobalMaxPool(F_S_last(x))                       the student's last map, (B, C)
   mu(x)  = softmax_k((g(x) * theta_k) @ W)                  (B, K), sums to one per image
   q(x)   = sum_k mu_k(x) softmax(z_k(x) / T)                the integrated soft target
-  L      = 2 alpha T^2 KL(q || softmax(z_S/T)) + (1 - alpha) CE(z_S, y)
+  L      = 2 alpha T^2 KL(q || softmax(z_S/T)) / R + (1 - alpha) CE(z_S, y)
          + w_hint sum_{l in hint_levels} sum_k MSE(n(R_lk(F_S^l)), n(F_k^l))     (multi-group hints)
          + w_rkd_dist RKD_d + w_rkd_angle RKD_a                 (on pooled features, optional)
          + l2 (|theta|^2 + |W|^2) / 2
 
+R is the KL's reduction (`kd_reduction`): `mean` (default) is the official code's
+`nn.KLDivLoss()`, whose element-wise mean divides the batch's KL by the number of classes too
+(R = C); `batchmean` is the per-image mean (R = 1), 10x stronger at 10 classes. The official
+CE reads the raw logits (LR_adaptive_Hint.ipynb; LR_adaptive_learning.ipynb softens them).
 n(.) is L2 normalisation over channels at every position, R_lk a FitNet 1x1-conv regressor, and
 teacher maps are resized to the student's grid. The official code's defaults: T = 5,
 alpha = 0.7, l2 = 0.1; theta and W train with the student for the first `weight_phase` of the
@@ -26,8 +30,9 @@ from mlfd_jax.distill import losses
 from mlfd_jax.distill.base import METHODS, linear_apply, linear_init
 from mlfd_jax.distill.teachers import check_levels, last_map, to_grid
 
-DEFAULTS = dict(temperature=5.0, alpha=0.7, hint_levels="stage3", w_hint=1.0, w_rkd_dist=0.0,
-                w_rkd_angle=0.0, l2=0.1, weight_phase=0.5)
+DEFAULTS = dict(temperature=5.0, alpha=0.7, kd_reduction="mean", hint_levels="stage3",
+                w_hint=1.0, w_rkd_dist=0.0, w_rkd_angle=0.0, l2=0.1, weight_phase=0.5)
+KD_REDUCTIONS = ("mean", "batchmean")
 
 
 def teacher_weights(params, student_last_map):
@@ -50,6 +55,10 @@ class AMTML:
     self.w_rkd_dist, self.w_rkd_angle = float(opts["w_rkd_dist"]), float(opts["w_rkd_angle"])
     self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
     self.weight_phase = float(opts["weight_phase"])
+    self.kd_reduction = str(opts["kd_reduction"])
+    if self.kd_reduction not in KD_REDUCTIONS:
+      raise ValueError(f"distill.amtml.kd_reduction={self.kd_reduction!r}; valid: "
+                       f"{', '.join(KD_REDUCTIONS)}")
     self.total_steps = total_steps
     self.last = last_map(student_shapes)
     self.width = student_shapes[self.last][-1]
@@ -95,7 +104,10 @@ class AMTML:
     mu = teacher_weights(weighting, f_s[self.last])
     probs = jnp.stack([jax.nn.softmax(z.astype(jnp.float32) / t) for z, _ in teacher], 1)
     target = jnp.einsum("bk,bkc->bc", mu, probs)
-    terms = {"kd": losses.kd_kl_to_probs(z_s, target, t),
+    kd = losses.kd_kl_to_probs(z_s, target, t)
+    if self.kd_reduction == "mean":
+      kd = kd / z_s.shape[-1]  # nn.KLDivLoss(): the mean over batch x classes
+    terms = {"kd": kd,
              "ce": losses.cross_entropy(z_s, labels, self.label_smoothing)}
     total = 2 * self.alpha * terms["kd"] + (1 - self.alpha) * terms["ce"]
     hint_total = 0.0
