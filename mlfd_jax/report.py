@@ -76,6 +76,62 @@ def collect(runs: list[dict], which: str = "best", metric: str = "test_top1"
   return table
 
 
+def run_label(run: dict, index: int) -> str:
+  """A run's name in per-run tables: `seed<N>` (with its group), else its position."""
+  seed = run.get("seed")
+  name = f"seed{seed}" if seed is not None else f"run{index}"
+  return f"{run['_group']}:{name}" if run.get("_group") else name
+
+
+def per_run(runs: list[dict], metric: str = "test_top1"
+            ) -> dict[str, dict[str, dict[str, float]]]:
+  """{dataset: {method: {run label: value}}} of the best-by-validation checkpoints."""
+  table: dict[str, dict[str, dict[str, float]]] = {}
+  for i, run in enumerate(runs):
+    label = run_label(run, i)
+    for dataset, models in run.get("datasets", {}).items():
+      row = table.setdefault(dataset, {})
+      for model, entry in models.items():
+        if isinstance(entry, dict) and metric in entry:
+          row.setdefault(method_label(model, entry), {})[label] = float(entry[metric])
+  return table
+
+
+def paired_differences(values: dict[str, dict[str, dict[str, float]]], base: str = "individual"
+                       ) -> dict[str, dict[str, dict[str, float]]]:
+  """{dataset: {method: {run: method - base}}} over the runs (one results.json each, so one
+  seed: teacher i and student i share it) that hold both."""
+  out: dict[str, dict[str, dict[str, float]]] = {}
+  for dataset, row in values.items():
+    if base not in row:
+      continue
+    for method, by_run in row.items():
+      common = [r for r in by_run if r in row[base]]
+      if method != base and common:
+        out.setdefault(dataset, {})[method] = {r: by_run[r] - row[base][r] for r in common}
+  return out
+
+
+def format_per_run(values: dict, title: str, *, signed: bool = False) -> str:
+  """One row per (dataset, method): mean ± std, then each run's value."""
+  runs = sorted({r for row in values.values() for by_run in row.values() for r in by_run})
+  lines = [f"### {title}", "", "| dataset | method | mean ± std | " + " | ".join(runs) + " |",
+           "|---|---|---|" + "---|" * len(runs)]
+  fmt = "{:+.2f}" if signed else "{:.2f}"
+  for dataset, row in values.items():
+    for method in methods_of({dataset: row}):
+      by_run = row[method]
+      mu, sd = mean_std(list(by_run.values()))
+      summary = (f"{fmt.format(100 * mu)} ± {100 * sd:.2f}" if len(by_run) > 1 else
+                 fmt.format(100 * mu))
+      if signed:
+        wins = sum(v > 0 for v in by_run.values())
+        summary += f" ({wins}/{len(by_run)} > 0)"
+      cells = [fmt.format(100 * by_run[r]) if r in by_run else "—" for r in runs]
+      lines.append(f"| {dataset} | {method} | {summary} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def methods_of(table: dict) -> list[str]:
   found = {m for row in table.values() for m in row}
   return [m for m in ORDER if m in found] + sorted(found - set(ORDER))
@@ -147,6 +203,11 @@ def write_report(paths: list[str], out: str) -> dict[str, str]:
         + ", ".join(f"`{p}`" for p in paths) + ".", "",
         format_markdown(best, "Best checkpoint by validation top-1"),
         format_markdown(last, "Last checkpoint"), "![test top-1](results.png)", ""]
+  values = per_run(runs)
+  md += [format_per_run(values, "Per run (best checkpoint by validation)"),
+         format_per_run(paired_differences(values),
+                        "Paired difference to `individual` (same run, so same seed), points",
+                        signed=True)]
   files = {"md": os.path.join(out, "results.md"), "png": os.path.join(out, "results.png")}
   with open(files["md"], "w") as f:
     f.write("\n".join(md))

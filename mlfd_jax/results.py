@@ -3,13 +3,20 @@
 Schema (DESIGN.md): `{"config", "seed", "datasets": {name: {"num_classes", <model>: {val_top1,
 test_top1, test_top5, ...}}}}`. A model that was not trained is absent, never zero. Entries
 also carry `step` (the best-by-validation step they come from) and `last` (the same numbers for
-the last step).
+the last step), and `machine`: what the numbers depend on besides the config and the seed.
+
+Runs are bit-for-bit repeatable on one machine, but XLA:CPU's arithmetic depends on the CPU's
+instruction set (AVX-512 or not) and on how many cores the process may use, and training
+amplifies a last-bit difference into a different model: compare numbers across machines only as
+you would compare two seeds (docs/results.md measures how far apart they land).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import platform
 from typing import Any
 
 import jax
@@ -34,6 +41,32 @@ def load(workdir: str) -> dict[str, Any]:
       raise ValueError(f"{p} is not valid JSON ({e}); move it away to start a new one") from None
 
 
+@functools.cache
+def machine() -> dict[str, Any]:
+  """The facts that change XLA's floating-point results: backend, device, CPU model and vector
+  extensions, usable cores, jax/jaxlib versions, XLA_FLAGS."""
+  import jaxlib
+  cpu, flags = platform.processor(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not cpu:
+          cpu = value.strip()
+        elif key.strip() == "flags":
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  isa = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if x in flags]
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  device = jax.devices()[0]
+  return {"backend": device.platform, "device": device.device_kind,
+          "devices": jax.device_count(), "processes": jax.process_count(), "cpu": cpu,
+          "cpu_isa": isa, "cores": cores, "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def record(workdir: str, *, config_path: str, seed: int, dataset: str, num_classes: int,
            model: str, entry: dict[str, Any]) -> None:
   """Sets `datasets[dataset][model] = entry` and writes the file atomically (process 0 only)."""
@@ -43,7 +76,7 @@ def record(workdir: str, *, config_path: str, seed: int, dataset: str, num_class
   res["config"], res["seed"] = config_path, seed
   ds = res.setdefault("datasets", {}).setdefault(dataset, {})
   ds["num_classes"] = num_classes
-  ds[model] = entry
+  ds[model] = {**entry, "machine": machine()}
   write_json_atomic(path(workdir), res)
 
 

@@ -76,3 +76,15 @@ def test_grouped_runs_get_their_own_columns(runs, tmp_path):
 def test_a_single_run_shows_no_spread(runs, tmp_path):
   md = open(report.write_report(runs[:1], str(tmp_path / "one"))["md"]).read()
   assert "| mnist | 90.00 (n=1) | 95.00 (n=1) |" in md and "±  " not in md
+
+
+def test_per_run_values_and_paired_differences(runs, tmp_path):
+  md = open(report.write_report(runs, str(tmp_path / "out"))["md"]).read()
+  per_run = md.split("### Per run")[1].split("### Paired")[0]
+  assert "| dataset | method | mean ± std | seed0 | seed1 |" in per_run
+  assert "| mnist | individual | 92.00 ± 2.83 | 90.00 | 94.00 |" in per_run
+  assert "| cifar | individual | 52.00 ± 2.83 | 50.00 | 54.00 |" in per_run
+  paired = md.split("### Paired")[1]
+  # mlfd - individual per seed: +5 and +3 points; cifar has no student, so no row.
+  assert "| mnist | mlfd | +4.00 ± 1.41 (2/2 > 0) | +5.00 | +3.00 |" in paired
+  assert "| cifar |" not in paired
