@@ -239,3 +239,22 @@ def test_level_shapes_of_a_student():
   fn = modelfn.from_config(dict(c.students.digits_a), num_classes=4, image_size=16)
   shapes = modelfn.level_shapes(fn, 16)
   assert shapes["stage1"] == (16, 16, 8) and shapes["pooled"] == (64,)
+
+
+def test_learning_curves_of_every_model(trained, tmp_path, capsys):
+  from mlfd_jax import curves
+  table = curves.collect([str(trained)])
+  assert sorted(table) == list(NAMES)
+  for name in NAMES:
+    assert set(table[name]) == {"individual", "joint_teacher", "mlfd"}
+    # eval_every=2 over 4 steps: validation at steps 2 and 4, accuracies in [0, 1]
+    for label, runs in table[name].items():
+      assert [s for s, _ in runs[0]] == [2, 4], (name, label)
+      assert all(0.0 <= v <= 1.0 for _, v in runs[0])
+  out = tmp_path / "c.png"
+  assert curves.main([str(trained), "--out", str(out)]) == 0
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  capsys.readouterr()
+  assert curves.main([str(tmp_path / "nope"), "--out", str(out)]) == 2
+  missing = tmp_path / "nope" / "tensorboard"
+  assert capsys.readouterr().err == f"mlfd_jax.curves: error: no TensorBoard files at {missing}\n"

@@ -1,0 +1,123 @@
+r"""Learning curves: validation top-1 against step, read from the workdirs' TensorBoard files.
+
+  python -m mlfd_jax.curves runs/tin/seed0 runs/tin/seed1 runs/tin/seed2 --out curves.png
+
+One panel per dataset, one line per model (`individual`, `joint_teacher`, `baseline_joint`, and
+each student run: `mlfd`, `kd`, ...), the mean over the workdirs (one per seed) with a band from
+the lowest to the highest run. A curve that still rises at its last step was not trained to
+convergence. Reads `DIR/tensorboard/<stage>/<name>/` (see the README's workdir layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+STAGE_LABELS = {"teachers": "individual", "joint": "joint_teacher",
+                "baseline_joint": "baseline_joint", "students": "mlfd"}
+
+
+def label_of(stage_dir: str) -> str:
+  """`teachers` -> individual, `students` -> mlfd, `students_kd` -> kd, ..."""
+  if stage_dir in STAGE_LABELS:
+    return STAGE_LABELS[stage_dir]
+  if stage_dir.startswith("students_"):
+    return stage_dir[len("students_"):]
+  return stage_dir
+
+
+def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value)]} of the scalars (clu writes them as tensors) in one event directory."""
+  from tensorboard.backend.event_processing import event_accumulator as ea
+  from tensorboard.util import tensor_util
+
+  acc = ea.EventAccumulator(event_dir, size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
+  acc.Reload()
+  out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+  for tag in acc.Tags()["tensors"]:
+    out[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                for e in acc.Tensors(tag)]
+  return out
+
+
+def collect(workdirs: list[str]) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+  """{dataset: {model label: [validation curve of each workdir]}}."""
+  table: dict[str, dict[str, list]] = {}
+  for workdir in workdirs:
+    root = os.path.join(workdir, "tensorboard")
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"no TensorBoard files at {root}")
+    for stage in sorted(os.listdir(root)):
+      for name in sorted(os.listdir(os.path.join(root, stage))):
+        scalars = read_scalars(os.path.join(root, stage, name))
+        per_head = {t.split("/", 1)[1]: v for t, v in scalars.items()
+                    if t.startswith("val_top1/")}
+        curves = per_head or ({name: scalars["val_top1"]} if "val_top1" in scalars else {})
+        for dataset, curve in curves.items():
+          table.setdefault(dataset, {}).setdefault(label_of(stage), []).append(sorted(curve))
+  return table
+
+
+def plot(table: dict, path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  labels = sorted({m for row in table.values() for m in row},
+                  key=lambda m: (m not in ("individual", "joint_teacher", "mlfd"), m))
+  colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(labels)}
+  fig, axes = plt.subplots(1, max(len(table), 1), squeeze=False,
+                           figsize=(4.6 * max(len(table), 1), 3.8))
+  for ax, dataset in zip(axes[0], sorted(table)):
+    for label in labels:
+      runs = table[dataset].get(label)
+      if not runs:
+        continue
+      steps = sorted(set.intersection(*[{s for s, _ in r} for r in runs]))
+      values = np.array([[dict(r)[s] for s in steps] for r in runs]) * 100
+      ax.plot(steps, values.mean(0), color=colors[label], label=f"{label} (n={len(runs)})")
+      if len(runs) > 1:
+        ax.fill_between(steps, values.min(0), values.max(0), color=colors[label], alpha=0.15)
+    ax.set_title(dataset)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("validation top-1 (%)")
+  handles = {}
+  for ax in axes[0]:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label.split(" (n=")[0], (handle, label))
+  fig.legend([h for h, _ in handles.values()], [l for _, l in handles.values()], fontsize=8,
+             loc="lower center", ncol=min(len(handles), 6))
+  fig.suptitle(title)
+  fig.tight_layout(rect=(0, 0.1, 1, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="+", help="workdirs, e.g. one per seed")
+  parser.add_argument("--out", required=True, help="the PNG to write")
+  parser.add_argument("--title", default="validation top-1 (mean over runs, band: min-max)")
+  args = parser.parse_args(argv)
+  try:
+    table = collect(args.workdirs)
+  except (FileNotFoundError, KeyError) as e:
+    print(f"mlfd_jax.curves: error: {e}", file=sys.stderr)
+    return 2
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  plot(table, args.out, args.title)
+  for dataset, row in sorted(table.items()):
+    for label, runs in row.items():
+      last = [r[-1][1] for r in runs]
+      print(f"{dataset} {label}: last validation top-1 {100 * np.mean(last):.2f} "
+            f"(n={len(runs)}, step {runs[0][-1][0]})")
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
