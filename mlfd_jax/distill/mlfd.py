@@ -5,10 +5,12 @@
     + w_ce * CE(z_S, y)
 
 `levels` is `all` (every level the joint teacher emits: the paper) or a comma-separated list;
-method `mlfd_last` is the last conv map only (the reference code). A_l is identity when the student's width at l
-equals the joint teacher's, else a learned 1x1 conv (dense for `pooled`) owned by the method.
-When the spatial sizes differ (a student of another family than the reference student), the
-teacher's map is resized to the student's grid.
+method `mlfd_last` is the last conv map only: the level the reference code distils, taken from
+whatever joint teacher the workdir holds. (The reference code also fuses the teachers at that
+map and trains one joint teacher per dataset: the configs' `:setting=reference`.)
+A_l is identity when the student's width at l equals the joint teacher's, else a learned 1x1
+conv (dense for `pooled`) owned by the method. When the spatial sizes differ (a student of
+another family than the reference student), the teacher's map is resized to the student's grid.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class MLFD:
 
 @METHODS.register("mlfd_last")
 class MLFDLast(MLFD):
-  """MLFD at the joint teacher's deepest map level only (stage4): the reference code."""
+  """MLFD at the joint teacher's deepest map level only (stage4): the reference code's level."""
 
   name = "mlfd_last"
 
