@@ -7,6 +7,7 @@
 # needs PREFIX/seed<i>/teachers (from launch/seeds.sh) and writes
 #   PREFIX/abl_finetune/seed<i>   joint.finetune_teachers=True  (fine-tuned vs frozen teachers)
 #   PREFIX/abl_fusion_stage2/...  joint.fusion_level=stage2      (fusion level; default stage3)
+#   PREFIX/abl_fusion_stage4/...  joint.fusion_level=stage4      (fusion at the last map)
 #   PREFIX/abl_per_dataset/...    joint.mode=per_dataset         (one joint teacher per dataset)
 #   PREFIX/abl_levels_last/...    distill.method=mlfd_last       (in the seed's own workdir)
 # and PREFIX/ablations/results.{md,png}. Rerunning skips finished work.
@@ -15,6 +16,7 @@ config=$1 prefix=$2 n=$3; shift 3
 declare -A ABLATIONS=(
   [abl_finetune]="--config.joint.finetune_teachers=True"
   [abl_fusion_stage2]="--config.joint.fusion_level=stage2"
+  [abl_fusion_stage4]="--config.joint.fusion_level=stage4"
   [abl_per_dataset]="--config.joint.mode=per_dataset"
 )
 dirs=()
