@@ -31,8 +31,8 @@ from mlfd_jax.data.subsets import class_subsets
 NUM_CLASSES = 30
 FILE = "tiny_imagenet30_32.npz"
 CIFAR = "cifar10_subset.npz"
-# Steps of 128 images at budget 1: 4050 training images per 10-class subset, so the teachers
-# and students see ~19 epochs; the joint teacher sees mixed batches from all subsets.
+# Steps of 128 images at budget 1: 4500 training images per 10-class subset, so the teachers
+# and students see ~17 epochs; the joint teacher sees mixed batches from all subsets.
 STEPS = {"teacher": 600, "joint": 600, "student": 600}
 
 
