@@ -77,10 +77,11 @@ def collect(runs: list[dict], which: str = "best", metric: str = "test_top1"
 
 
 def run_label(run: dict, index: int) -> str:
-  """A run's name in per-run tables: `seed<N>` (with its group), else its position."""
+  """A run's column in per-run tables: `seed<N>`, else its position. Runs of one seed in
+  different groups (ablations beside their baseline run) share the column, so their methods
+  (`GROUP:method`) pair with the baseline's `individual` of that seed."""
   seed = run.get("seed")
-  name = f"seed{seed}" if seed is not None else f"run{index}"
-  return f"{run['_group']}:{name}" if run.get("_group") else name
+  return f"seed{seed}" if seed is not None else f"run{index}"
 
 
 def per_run(runs: list[dict], metric: str = "test_top1"
@@ -93,7 +94,9 @@ def per_run(runs: list[dict], metric: str = "test_top1"
       row = table.setdefault(dataset, {})
       for model, entry in models.items():
         if isinstance(entry, dict) and metric in entry:
-          row.setdefault(method_label(model, entry), {})[label] = float(entry[metric])
+          method = method_label(model, entry)
+          method = f"{run['_group']}:{method}" if run.get("_group") else method
+          row.setdefault(method, {})[label] = float(entry[metric])
   return table
 
 

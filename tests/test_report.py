@@ -88,3 +88,16 @@ def test_per_run_values_and_paired_differences(runs, tmp_path):
   # mlfd - individual per seed: +5 and +3 points; cifar has no student, so no row.
   assert "| mnist | mlfd | +4.00 ± 1.41 (2/2 > 0) | +5.00 | +3.00 |" in paired
   assert "| cifar |" not in paired
+
+
+def test_ablation_groups_pair_with_the_baseline_runs_individual(runs, tmp_path):
+  abl = _write(tmp_path / "abl_s0", 0, {
+      "mnist": {"num_classes": 10, "teacher": _entry(0.90),
+                "student": {**_entry(0.99), "method": "mlfd", "levels": "all"}}})
+  md = open(report.write_report([*runs, f"abl={abl}"], str(tmp_path / "out"))["md"]).read()
+  per_run = md.split("### Per run")[1].split("### Paired")[0]
+  # The group's models are their own rows, never pooled with the baseline's.
+  assert "| mnist | abl:mlfd | 99.00 | 99.00 | — |" in per_run
+  assert "| mnist | mlfd | 96.00 ± 1.41 | 95.00 | 97.00 |" in per_run
+  paired = md.split("### Paired")[1]
+  assert "| mnist | abl:mlfd | +9.00 (1/1 > 0) | +9.00 | — |" in paired
