@@ -18,6 +18,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from mlfd_jax.fileio import write_json_atomic
+
 VAL_METRIC = "val_top1"
 
 
@@ -56,6 +58,11 @@ class Checkpoints:
 
   def metrics(self, step: int) -> dict[str, float] | None:
     return self.manager.metrics(step)
+
+  def is_finished(self, total_steps: int) -> bool:
+    """Whether training reached `total_steps`: the one test of "is this model done?"."""
+    latest = self.latest_step()
+    return latest is not None and latest >= total_steps
 
   def best_step(self) -> int | None:
     """The kept step with the highest validation top-1 (ties: the later step)."""
@@ -118,12 +125,3 @@ def meta_mismatch(stored: dict | None, meta: dict) -> tuple[str, Any, Any] | Non
 def abstract_like(tree: Any, sharding) -> Any:
   """`jax.ShapeDtypeStruct`s of a (possibly abstract) tree, all with `sharding`."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON so that a crash leaves either the old or the new file, never half of one."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)

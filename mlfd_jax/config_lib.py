@@ -32,18 +32,21 @@ def distill_block(*, method: str = "mlfd", levels: str = "all", w_kd: float = 0.
                   label_smoothing: float = 0.0, **overrides) -> ml_collections.ConfigDict:
   """Stage 3's distillation: the method, MLFD's weights, and every other method's options.
 
-  `name` names the run (its directory and results key; default: the method). `amtml`, `feed`
-  hold those methods' options (defaults from their papers' code, see distill/amtml.py and
-  distill/feed.py); `probe_steps`/`probe_examples` size the linear probes that give teachers of
-  other datasets logits on the student's classes (stages/probes.py).
+  `name` names the run (its directory and results key; default: the method). Each method
+  with options of its own gets its sub-block (`amtml`, `feed`) filled from the defaults it
+  declares (`Method.OPTIONS`, from its paper's code); `probe_steps`/`probe_examples` size the
+  linear probes that give teachers of other datasets logits on the student's classes
+  (stages/probes.py).
   """
+  from mlfd_jax.distill import METHODS  # local: configs import this module before jax work
+
   block = ml_collections.ConfigDict(dict(
       method=method, name="", levels=levels, w_kd=w_kd, w_feat=w_feat, w_ce=w_ce,
       temperature=temperature, label_smoothing=label_smoothing,
-      probe_steps=300, probe_examples=10000,
-      amtml=dict(temperature=5.0, alpha=0.7, kd_reduction="mean", hint_levels="stage3",
-                 w_hint=1.0, w_rkd_dist=0.0, w_rkd_angle=0.0, l2=0.1, weight_phase=0.5),
-      feed=dict(beta=100.0, generations=2)))
+      probe_steps=300, probe_examples=10000))
+  for cls in METHODS.values():
+    if cls.options_key and cls.options_key not in block:
+      block[cls.options_key] = dict(cls.OPTIONS)
   block.update(overrides)
   return block
 

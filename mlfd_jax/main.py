@@ -1,7 +1,8 @@
 """Entry point: `python -m mlfd_jax.main --config=configs/NAME.py --workdir=DIR [--config.K=V]`.
 
 Thin on purpose (as in the Flax examples): parse flags, keep TensorFlow off the accelerators,
-start multi-host JAX if asked, log the topology, check the workdir, run `config.stage`.
+start multi-host JAX if asked, log the topology, check the workdir, make the run context
+(stages/context.py) and run `config.stage` with it.
 Errors caused by the input (config, paths, data) end the run with one line naming the bad value.
 """
 
@@ -15,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mlfd_jax.stages import STAGES
+from mlfd_jax.stages.context import RunContext
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                           lock_config=True)
@@ -63,7 +65,7 @@ def run(config, workdir: str, config_path: str = "") -> None:
   stage = STAGES.get(config.stage)
   workdir = check_workdir(workdir)
   use_compilation_cache(workdir)
-  stage(config, workdir, config_path=config_path)
+  stage(RunContext(config, workdir, config_path))
 
 
 def _quiet_library_info_logs() -> None:

@@ -37,7 +37,6 @@ class ModelFn:
     abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     self.graphdef, self._params_t, self._state_t = nnx.split(abstract, nnx.Param, ...)
     self.level_names = tuple(getattr(abstract, "level_names", ()))
-    self.image_size = getattr(abstract, "image_size", None)
 
   def init(self, key) -> dict[str, Any]:
     model = self._make(nnx.Rngs(key))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -52,11 +52,6 @@ def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   sharding = data_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
-
-
-def replicate(tree: Any, mesh) -> Any:
-  """Places a pytree (parameters, frozen teachers) on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
 
 
 def agree(flags):

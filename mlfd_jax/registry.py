@@ -45,3 +45,7 @@ class Registry(Generic[T]):
 
   def names(self) -> list[str]:
     return sorted(self._items)
+
+  def values(self) -> list[T]:
+    """The registered objects, in name order."""
+    return [self._items[k] for k in sorted(self._items)]

@@ -1,6 +1,6 @@
 """`WORKDIR/results.json`: every trained model's accuracies, merged in place by each stage.
 
-Schema (DESIGN.md): `{"config", "seed", "datasets": {name: {"num_classes", <model>: {val_top1,
+Schema (docs/design.md): `{"config", "seed", "datasets": {name: {"num_classes", <model>: {val_top1,
 test_top1, test_top5, ...}}}}`. A model that was not trained is absent, never zero. Entries
 also carry `step` (the best-by-validation step they come from) and `last` (the same numbers for
 the last step), and `machine`: what the numbers depend on besides the config and the seed.
@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from mlfd_jax.checkpoint import write_json_atomic
+from mlfd_jax.fileio import write_json_atomic
 
 FILENAME = "results.json"
 

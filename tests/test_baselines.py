@@ -6,14 +6,15 @@ import jax
 import jax.numpy as jnp
 
 from mlfd_jax import main as mlfd_main
-from mlfd_jax.stages import baselines, common
+from mlfd_jax.stages import baselines
+from mlfd_jax.stages.context import RunContext
 
 
 def test_baseline_joint_heads_and_results(digits_config, tmp_path):
   c = digits_config
-  names = common.dataset_names(c)
-  datasets = [common.build_dataset(c, n) for n in names]
-  task = baselines.baseline_task(c, names, datasets)
+  ctx = RunContext(c, str(tmp_path))
+  names = ctx.names
+  task = baselines.baseline_task(ctx)
   v = task.init(jax.random.key(0))
   images = jnp.zeros((2, 16, 16, 3))
   assert [task.predict(v["params"], v["model_state"], None, images, h).shape

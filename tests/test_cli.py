@@ -118,6 +118,23 @@ def test_cli_one_line_error_and_config_key_typo(tmp_path):
   assert r.returncode != 0 and "huge" in r.stderr
 
 
+@pytest.mark.parametrize("key,value,error", [
+    ("distill.method", "nope", "unknown distillation method 'nope'; valid: amtml, avg_kd, feed, "
+     "feed_seq, kd, mlfd, mlfd_last"),
+    ("distill.levels", "stage9", "distill.levels has 'stage9', which the joint teacher does not "
+     "emit; it has: stage2, stage3, stage4, pooled"),
+    ("joint.mode", "each", "unknown joint.mode 'each'; valid: all, per_dataset"),
+])
+def test_all_checks_every_stage_before_training_any(tmp_path, key, value, error):
+  """`stage=all` fails on a bad later-stage value before stage 1 trains anything."""
+  r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path}", f"--config.{key}={value}")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == \
+      f"mlfd_jax: error: {error} (MLFD_TRACEBACK=1 shows where)"
+  assert "Traceback" not in r.stderr
+  assert not (tmp_path / "teachers").exists()
+
+
 def test_compute_core_imports_neither_tensorflow_nor_clu():
   code = ("import sys; import mlfd_jax.models, mlfd_jax.train, mlfd_jax.parallel, "
           "mlfd_jax.checkpoint, mlfd_jax.distill.losses, mlfd_jax.modelfn, mlfd_jax.optim; "

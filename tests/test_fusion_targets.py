@@ -13,16 +13,16 @@ import optax
 import pytest
 
 from mlfd_jax import distill, modelfn
-from mlfd_jax.stages import common, joint as joint_stage
+from mlfd_jax.stages import specs
+from mlfd_jax.stages.context import RunContext
 
 CONVNEXT = dict(name="convnext_atto", width=0.2, depths=(1, 1, 1, 1))
 
 
 def _joint_and_batch(config):
-  names = list(common.dataset_names(config))
-  datasets = [common.build_dataset(config, n) for n in names]
-  joint = joint_stage.build_joint(config, names, datasets, list(range(len(names))),
-                                  config.joint_train)
+  ctx = RunContext(config, "")
+  names, datasets = list(ctx.names), ctx.datasets()
+  joint = specs.joint_model(ctx, list(range(len(names))))
   teacher_vars = [fn.init(jax.random.key(i)) for i, fn in enumerate(joint.teachers)]
   batch = next(datasets[0].train_batches(16, seed=0))
   images = jnp.asarray(batch["image"], jnp.float32) / 255.0
@@ -68,12 +68,13 @@ def test_a_copy_of_the_reference_student_can_match_every_level(digits_config):
   # Batch statistics in the fusion BatchNorms give unit-scale targets, as a trained head's are.
   logits, feats, _ = joint.apply(v["params"], v["model_state"], {"teachers": teacher_vars},
                                  images, train=True, key=jax.random.key(4))
-  student = common.model_fn(joint_stage.student_block(c, names[0]), num_classes=4,
-                            image_size=16, train_cfg=c.student_train)
+  ctx = RunContext(c, "")
+  student = specs.model_fn(specs.student_config(ctx, names[0]), ctx.dataset(names[0]),
+                           c.student_train)
   cfg = ml_collections.ConfigDict(dict(method="mlfd", levels="all", w_kd=0.0, w_feat=1.0,
                                        w_ce=0.0, temperature=2.0))
   method = distill.build_method(cfg, student_shapes=modelfn.level_shapes(student, 16),
-                                teacher_shapes=joint.level_shapes)
+                                teacher_shapes=joint.level_shapes, total_steps=250)
   assert method.levels == ("stage2", "stage3", "stage4", "pooled") and not method.adapted
   sv = student.init(jax.random.key(7))
   params, state = sv["params"], sv["model_state"]

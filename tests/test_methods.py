@@ -53,7 +53,8 @@ def test_avg_kd_matches_a_hand_computed_value():
   zs, fs, s_shapes = _student()
   y = np.array([1, 2])
   cfg = distill_block(method="avg_kd")
-  m = distill.build_method(cfg, student_shapes=s_shapes, teacher_shapes=shapes)
+  m = distill.build_method(cfg, student_shapes=s_shapes, teacher_shapes=shapes,
+                           total_steps=10)
   total, terms = m.loss(m.init(jax.random.key(0)), student=(zs, fs), teacher=teachers, labels=y)
   q = np.mean([_softmax(z / 2.0) for z, _ in teachers], 0)
   kd, ce = _kl_t2(q, zs, 2.0), _ce(zs, y)
@@ -136,7 +137,8 @@ def test_feed_loss_matches_a_hand_computed_value():
   zs, fs, s_shapes = _student()
   y = np.array([2, 0])
   cfg = distill_block(method="feed")
-  m = distill.build_method(cfg, student_shapes=s_shapes, teacher_shapes=shapes)
+  m = distill.build_method(cfg, student_shapes=s_shapes, teacher_shapes=shapes,
+                           total_steps=10)
   p = m.init(jax.random.key(2))
   assert len(p["transforms"]) == 2 and len(p["transforms"][0]) == 3  # 3 convs per teacher
   assert p["transforms"][1][0]["kernel"].shape == (3, 3, 4, 5)

@@ -11,7 +11,9 @@ import pytest
 
 from mlfd_jax import distill, modelfn
 from mlfd_jax import main as mlfd_main
-from mlfd_jax.stages import common, joint as joint_stage
+from mlfd_jax import data
+from mlfd_jax.stages import joint as joint_stage, specs
+from mlfd_jax.stages.context import RunContext
 
 NAMES = ("digits_a", "digits_b", "digits_c")
 
@@ -47,10 +49,9 @@ def test_fusion_emits_the_reference_students_shapes_for_mixed_teachers(digits_co
   c.datasets.digits_b.image_size = 24
   c.datasets.digits_c.image_size = 32
   c.teachers.digits_c = dict(name="vit_ti", width=0.1, depth=4, patch_size=4)
-  names = list(NAMES)
-  datasets = [common.build_dataset(c, n) for n in names]
-  joint = joint_stage.build_joint(c, names, datasets, [0, 1, 2], c.joint_train)
-  _, ref, _ = joint_stage.reference_student(c, names, datasets)
+  ctx = RunContext(c, "")
+  joint = specs.joint_model(ctx, [0, 1, 2])
+  _, ref, _ = specs.reference_student(ctx)
   teacher_vars = [fn.init(jax.random.key(i)) for i, fn in enumerate(joint.teachers)]
   v = joint.init(jax.random.key(3))
   images = jnp.ones((2, 20, 20, 3))  # any batch resolution: each teacher gets its own
@@ -65,12 +66,12 @@ def test_fusion_emits_the_reference_students_shapes_for_mixed_teachers(digits_co
 
 def _joint_task(c, finetune=False):
   c.joint.finetune_teachers = finetune
-  names = list(NAMES)
-  datasets = [common.build_dataset(c, n) for n in names]
-  teacher_vars = [joint_stage.build_joint(c, names, datasets, [0, 1, 2], c.joint_train)
-                  .teachers[i].init(jax.random.key(i)) for i in range(3)]
-  task = joint_stage.build_task(c, "", names, datasets, None, "", [0, 1, 2], teacher_vars)
-  batch = next(joint_stage.data.mix(datasets).train_batches(8, seed=0))
+  ctx = RunContext(c, "")
+  fns = specs.joint_model(ctx, [0, 1, 2]).teachers
+  for i, spec in enumerate(specs.teachers(ctx)):
+    ctx.frozen.put(spec, fns[i].init(jax.random.key(i)))
+  task = joint_stage.joint_task(ctx, "joint", [0, 1, 2])
+  batch = next(data.mix(ctx.datasets()).train_batches(8, seed=0))
   batch = {**batch, "image": jnp.asarray(batch["image"], jnp.float32) / 255.0}
   return task, batch
 
@@ -114,7 +115,8 @@ def test_mlfd_loss_matches_a_hand_computed_value():
   shapes = {k: v.shape[1:] for k, v in fs.items()}
   cfg = ml_collections.ConfigDict(dict(method="mlfd", levels="all", w_kd=0.6, w_feat=0.2,
                                        w_ce=0.2, temperature=2.0, label_smoothing=0.0))
-  method = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes)
+  method = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes,
+                                total_steps=10)
   total, terms = method.loss(method.init(jax.random.key(0)), student=(zs, fs), teacher=(zt, ft),
                              labels=y)
   t = 2.0
@@ -128,12 +130,14 @@ def test_mlfd_loss_matches_a_hand_computed_value():
   np.testing.assert_allclose(float(total), 0.6 * kd + 0.2 * feat + 0.2 * ce, rtol=1e-5)
   # `last` level only: the reference code.
   cfg.levels = "stage4"
-  last = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes)
+  last = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes,
+                                total_steps=10)
   _, t_last = last.loss({}, student=(zs, fs), teacher=(zt, ft), labels=y)
   assert set(k for k in t_last if k.startswith("feat/")) == {"feat/stage4"}
   # kd: no feature term at all.
   cfg.method = "kd"
-  kd_total, _ = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes).loss(
+  kd_total, _ = distill.build_method(cfg, student_shapes=shapes, teacher_shapes=shapes,
+                                total_steps=10).loss(
       {}, student=(zs, fs), teacher=(zt, ft), labels=y)
   np.testing.assert_allclose(float(kd_total), 0.6 * kd + 0.2 * ce, rtol=1e-5)
 
@@ -142,7 +146,8 @@ def test_student_side_adaptor_when_widths_differ():
   cfg = ml_collections.ConfigDict(dict(method="mlfd", levels="all", w_kd=0.6, w_feat=0.2,
                                        w_ce=0.2, temperature=2.0))
   m = distill.build_method(cfg, student_shapes={"stage4": (2, 2, 8), "pooled": (8,)},
-                           teacher_shapes={"stage4": (4, 4, 16), "pooled": (8,)})
+                           teacher_shapes={"stage4": (4, 4, 16), "pooled": (8,)},
+                           total_steps=10)
   p = m.init(jax.random.key(0))
   assert set(p["adaptors"]) == {"stage4"} and p["adaptors"]["stage4"]["kernel"].shape == (8, 16)
   _, terms = m.loss(p, student=(jnp.zeros((1, 3)), {"stage4": jnp.ones((1, 2, 2, 8)),

@@ -26,13 +26,14 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     from configs import digits
     from mlfd_jax import parallel
-    from mlfd_jax.stages import common, probes
+    from mlfd_jax.stages import probes, specs
+    from mlfd_jax.stages.context import RunContext
     c = digits.get_config("tiny")
-    ds = common.build_dataset(c, "digits_a")
-    fn = common.model_fn(dict(c.teachers.digits_a), num_classes=ds.num_classes,
-                         image_size=ds.image_size, train_cfg=c.teacher_train)
+    ctx = RunContext(c, "")
+    ds = ctx.dataset("digits_a")
+    fn = specs.model_fn(dict(c.teachers.digits_a), ds, c.teacher_train)
     mesh = parallel.make_mesh()
-    v = parallel.replicate(jax.jit(fn.init)(jax.random.key(0)), mesh)
+    v = jax.device_put(jax.jit(fn.init)(jax.random.key(0)), parallel.replicated(mesh))
     x, y = probes.pooled_features(fn, v, ds.image_size, ds, "val", 60, mesh, batch_size=32)
 
     # Three teacher steps, each process feeding its rows of every global batch (no crops and a
@@ -42,7 +43,7 @@ SCRIPT = textwrap.dedent("""
     from mlfd_jax.stages import teachers
     cfg = c.teacher_train
     cfg.batch_size, cfg.optimizer.lr = 16, 0.01
-    task = dataclasses.replace(teachers.teacher_task(c, "digits_a", ds), pad=0)
+    task = dataclasses.replace(teachers.teacher_task(ctx, "digits_a"), pad=0)
     trainer = train.Trainer(task, cfg, mesh, total_steps=3)
     model, state = trainer.init(jax.random.key(0))
     key = parallel.replicated_key(1, mesh)
@@ -53,7 +54,7 @@ SCRIPT = textwrap.dedent("""
       model, state, m = trainer.step(model, state, parallel.to_global(next(batches), mesh), key)
       losses.append(float(m["loss"].addressable_data(0)))
     params = [np.asarray(p.addressable_data(0)) for p in jax.tree.leaves(model["params"])]
-    ev = trainer.evaluate(model, train.EvalSet("digits_a", ds), "val")
+    ev = trainer.evaluator.evaluate(model, train.EvalSet("digits_a", ds), "val")
 
     # The teachers stage end to end: fit (checkpoints, validation, resume files), results.json.
     from mlfd_jax import main as mlfd_main

@@ -10,12 +10,13 @@ import pytest
 
 from mlfd_jax import checkpoint, parallel, train
 from mlfd_jax.data import augment
-from mlfd_jax.stages import common, teachers
+from mlfd_jax.stages import teachers
+from mlfd_jax.stages.context import RunContext
 
 
 def _teacher(config, name="digits_a"):
-  ds = common.build_dataset(config, name)
-  return ds, teachers.teacher_task(config, name, ds)
+  ctx = RunContext(config, "")
+  return ctx.dataset(name), teachers.teacher_task(ctx, name)
 
 
 def _run_steps(task, ds, cfg, mesh, steps, seed=0):

@@ -18,7 +18,7 @@ from mlfd_jax.data import base
 from mlfd_jax.data import preprocess
 from mlfd_jax.data import subsets
 from mlfd_jax.data.base import Batch, Dataset, DATASETS, SPLITS, build_dataset
-from mlfd_jax.data.subsets import class_subsets, subset_configs
+from mlfd_jax.data.subsets import class_subsets
 
 
 def _tfds_source(cfg):
@@ -54,5 +54,5 @@ def mix(datasets: Sequence[Dataset], name: str = "joint") -> Dataset:
 
 __all__ = [
     "Batch", "Dataset", "DATASETS", "SPLITS", "arrays", "augment", "base", "build_dataset",
-    "class_subsets", "mix", "preprocess", "subset_configs", "subsets",
+    "class_subsets", "mix", "preprocess", "subsets",
 ]

@@ -22,23 +22,20 @@ def normalize(images: jax.Array) -> jax.Array:
   return (x - jnp.asarray(MEAN, jnp.float32)) / jnp.asarray(STD, jnp.float32)
 
 
-def augment(images: jax.Array, key: jax.Array, *, pad: int, flip,
-            mode: str = "constant") -> jax.Array:
+def augment(images: jax.Array, key: jax.Array, *, pad: int, flip) -> jax.Array:
   """Per-sample random crop (after `pad` pixels of padding) and optional horizontal flip.
 
   Args:
     images: [b, H, W, C], uint8 or float; the result has the same shape and dtype.
     key: PRNG key; the same key gives the same views.
-    pad: padding on each side; the crop offset is uniform in [0, 2*pad] per axis. 0 = no crop.
+    pad: zero padding on each side (black for uint8); the crop offset is uniform in [0, 2*pad] per axis. 0 = no crop.
     flip: False, True (each sample flipped with probability 1/2) or a bool array [b] allowing
       flips per row (mixtures of datasets where only some should be flipped).
-    mode: `jnp.pad` mode; 'constant' pads with 0 in the input's units (black for uint8; the mean
-      colour for normalised inputs), 'reflect' mirrors the border.
   """
   b, h, w, c = images.shape
   crop_key, flip_key = jax.random.split(key)
   if pad > 0:
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * pad + 1)
     images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
         padded, offsets)

@@ -9,7 +9,7 @@ run sees exactly the batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -34,7 +34,6 @@ COMMON_KEYS: dict[str, Any] = {
 }
 
 
-@runtime_checkable
 class Dataset(Protocol):
   """The interface the training loop relies on (arrays, tf.data and mixtures all provide it)."""
 

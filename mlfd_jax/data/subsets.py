@@ -6,7 +6,7 @@ A dataset config with `classes=[c0, c1, ...]` keeps only those original classes 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -25,16 +25,6 @@ def class_subsets(num_classes: int, k: int) -> list[list[int]]:
     out.append(list(range(start, stop)))
     start = stop
   return out
-
-
-def subset_configs(cfg: Any, k: int, num_classes: int) -> list[dict[str, Any]]:
-  """k copies of one dataset config, each restricted to one `class_subsets` group.
-
-  Names get a suffix `_<i>` so directories and results stay apart.
-  """
-  base = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-  return [{**base, "name": f"{base['name']}_{i}", "classes": group}
-          for i, group in enumerate(class_subsets(num_classes, k))]
 
 
 def check_classes(classes: Sequence[int], num_classes: int, where: str) -> None:

@@ -27,11 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS, linear_apply, linear_init
+from mlfd_jax.distill.base import METHODS, Method, Source
 from mlfd_jax.distill.teachers import check_levels, last_map, to_grid
+from mlfd_jax.functional import linear_apply, linear_init
 
-DEFAULTS = dict(temperature=5.0, alpha=0.7, kd_reduction="mean", hint_levels="stage3",
-                w_hint=1.0, w_rkd_dist=0.0, w_rkd_angle=0.0, l2=0.1, weight_phase=0.5)
 KD_REDUCTIONS = ("mean", "batchmean")
 
 
@@ -43,28 +42,32 @@ def teacher_weights(params, student_last_map):
 
 
 @METHODS.register("amtml")
-class AMTML:
+class AMTML(Method):
   name = "amtml"
-  source = "teachers"
+  source = Source.TEACHERS
   needs_teacher_logits = True
+  options_key = "amtml"
+  OPTIONS = {"temperature": 5.0, "alpha": 0.7, "kd_reduction": "mean", "hint_levels": "stage3",
+             "w_hint": 1.0, "w_rkd_dist": 0.0, "w_rkd_angle": 0.0, "l2": 0.1,
+             "weight_phase": 0.5}
 
-  def __init__(self, cfg, *, student_shapes, teacher_shapes, total_steps: int | None = None):
-    opts = {**DEFAULTS, **dict(cfg.get("amtml", {}))}
+  def __init__(self, cfg, *, student_shapes, teacher_shapes, total_steps: int):
+    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
+                     total_steps=total_steps)
+    opts = cfg.options
     self.temperature, self.alpha = float(opts["temperature"]), float(opts["alpha"])
     self.w_hint, self.l2 = float(opts["w_hint"]), float(opts["l2"])
     self.w_rkd_dist, self.w_rkd_angle = float(opts["w_rkd_dist"]), float(opts["w_rkd_angle"])
-    self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
+    self.label_smoothing = cfg.label_smoothing
     self.weight_phase = float(opts["weight_phase"])
     self.kd_reduction = str(opts["kd_reduction"])
     if self.kd_reduction not in KD_REDUCTIONS:
       raise ValueError(f"distill.amtml.kd_reduction={self.kd_reduction!r}; valid: "
                        f"{', '.join(KD_REDUCTIONS)}")
-    self.total_steps = total_steps
     self.last = last_map(student_shapes)
     self.width = student_shapes[self.last][-1]
     self.hint_levels = check_levels(opts["hint_levels"], student_shapes, teacher_shapes,
                                     "distill.amtml.hint_levels")
-    self.student_shapes, self.teacher_shapes = student_shapes, teacher_shapes
 
   def init(self, key):
     k_theta, k_w, k_hint = jax.random.split(key, 3)
@@ -79,8 +82,8 @@ class AMTML:
             "hints": hints}
 
   def _weighting_trains(self, step):
-    """Whether theta and W still learn at `step` (always, without a known schedule)."""
-    if self.total_steps is None or step is None:
+    """Whether theta and W still learn at `step` (always, outside training)."""
+    if step is None:
       return True
     return step < int(self.weight_phase * self.total_steps)
 

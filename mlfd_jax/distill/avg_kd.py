@@ -12,21 +12,20 @@ import jax
 import jax.numpy as jnp
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS
+from mlfd_jax.distill.base import METHODS, Method, Source
 
 
 @METHODS.register("avg_kd")
-class AvgKD:
+class AvgKD(Method):
   name = "avg_kd"
-  source = "teachers"
+  source = Source.TEACHERS
   needs_teacher_logits = True
 
-  def __init__(self, cfg, *, student_shapes, teacher_shapes):
-    del student_shapes
-    self.num_teachers = len(teacher_shapes)
-    self.w_kd, self.w_ce = float(cfg.w_kd), float(cfg.w_ce)
-    self.temperature = float(cfg.temperature)
-    self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
+  def __init__(self, cfg, *, student_shapes, teacher_shapes, total_steps: int):
+    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
+                     total_steps=total_steps)
+    self.w_kd, self.w_ce = cfg.w_kd, cfg.w_ce
+    self.temperature, self.label_smoothing = cfg.temperature, cfg.label_smoothing
 
   def init(self, key):
     del key

@@ -1,19 +1,24 @@
-"""The interface every distillation method implements, and its registry.
+"""The contract every distillation method implements, and its registry.
 
 A method is a small object built from `config.distill`. It owns any learned adaptors (they live
 in the method, not in the student backbone, and are dropped from the exported student) and
-computes the student's loss from the student's and the teacher's outputs on the same batch:
+computes the student's loss from the student's and the teacher's outputs on the same batch.
+A subclass of `Method` declares, as class attributes:
 
-  source             'joint' (the joint teacher's (logits, feats) on the student's head) or
-                     'teachers' (a list with each frozen stage-1 teacher's (logits, feats); the
-                     logits are on the student's label space, see stages/probes.py)
-  needs_teacher_logits   (source 'teachers' only) whether the loss reads the teachers' logits;
-                     only then do teachers trained on another dataset get linear probes
-  init(key) -> method params (pure dict, trained with the student; {} if none)
-  loss(method_params, student=(logits, feats), teacher=..., labels, step)
-      -> (scalar loss, {term name: value})   every term, per level, is returned for logging
-  gate_updates(method_updates, step)   optional: zeroes the optimizer's updates of method params
-      that a schedule freezes (amtml's theta and W after the weighting phase)
+  name                 its registry name (`config.distill.method`)
+  source               `Source.JOINT`: the joint teacher's (logits, feats) on the student's head;
+                       `Source.TEACHERS`: a list with each frozen stage-1 teacher's (logits, feats)
+  needs_teacher_logits (TEACHERS only) whether the loss reads the teachers' logits; only then
+                       do teachers trained on another dataset get linear probes (stages/probes.py)
+  options_key, OPTIONS its own sub-block `config.distill.<options_key>` and that block's
+                       defaults (the only place they are written; `config_lib.distill_block`
+                       builds the config's block from them)
+
+and implements `init(key)` (method params, {} if none) and
+`loss(params, student=(logits, feats), teacher=..., labels=..., step=...)` -> (scalar, terms),
+with every term, per level, returned for logging. `gate_updates(updates, step)` may zero the
+optimizer's updates of params a schedule freezes (default: none); `generations(options)` is how
+many students are trained one after another, each learning from the previous (default 1).
 
 A run of a method is named by `distill.name` (default: the method): students of different runs
 share one workdir's teachers and joint teacher, each in its own directory and results key.
@@ -21,55 +26,108 @@ share one workdir's teachers and joint teacher, each in its own directory and re
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Protocol
+import abc
+import dataclasses
+import enum
+from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 
 from mlfd_jax.registry import Registry
 
 METHODS: Registry = Registry("distillation method")
 
-
 DEFAULT = "mlfd"  # its students keep the plain `students/<dataset>` and `student` names
 
 
-class Method(Protocol):
-  name: str
-  source: str
+class Source(enum.Enum):
+  """What a method's students learn from."""
+  JOINT = "joint"
+  TEACHERS = "teachers"
 
-  def init(self, key) -> dict[str, Any]: ...
 
-  def loss(self, params, *, student, teacher, labels, step) -> tuple[jax.Array, dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+  """What a method reads from `config.distill`: the loss keys shared by the logit/feature
+  methods (top level of the block) and its own sub-block, defaults filled in."""
+  w_kd: float
+  w_feat: float
+  w_ce: float
+  temperature: float
+  label_smoothing: float
+  levels: str
+  options: dict[str, Any]
+
+
+class Method(abc.ABC):
+  """Base class of every distillation method (see the module docstring)."""
+
+  name: ClassVar[str]
+  source: ClassVar[Source]
+  needs_teacher_logits: ClassVar[bool] = False
+  options_key: ClassVar[str] = ""
+  OPTIONS: ClassVar[dict[str, Any]] = {}
+
+  def __init__(self, cfg: MethodConfig, *, student_shapes: dict, teacher_shapes,
+               total_steps: int):
+    """`teacher_shapes`: the joint teacher's `{level: shape}`, or a list of them, one per
+    teacher; `total_steps`: the student's training length (for schedules)."""
+    self.cfg, self.total_steps = cfg, total_steps
+    self.student_shapes, self.teacher_shapes = student_shapes, teacher_shapes
+
+  @classmethod
+  def generations(cls, options: dict[str, Any]) -> int:
+    del options
+    return 1
+
+  @abc.abstractmethod
+  def init(self, key) -> dict[str, Any]:
     ...
 
+  @abc.abstractmethod
+  def loss(self, params, *, student, teacher, labels, step=None
+           ) -> tuple[jax.Array, dict[str, Any]]:
+    ...
 
-def build_method(distill_cfg, *, student_shapes: dict, teacher_shapes,
-                 total_steps: int | None = None) -> Method:
-  """`config.distill.method` -> a method for a student/teacher pair of these level shapes
-  (`teacher_shapes`: the joint teacher's dict, or a list of dicts, one per teacher).
-  `total_steps` reaches the methods whose schedule needs it (amtml's weighting phase)."""
-  cls = METHODS.get(distill_cfg.method)
-  extra = {"total_steps": total_steps} \
-      if "total_steps" in inspect.signature(cls).parameters else {}
-  return cls(distill_cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes, **extra)
+  def gate_updates(self, updates, step):
+    del step
+    return updates
+
+
+def method_class(distill_cfg) -> type[Method]:
+  """The class `config.distill.method` names (one line listing the valid names if unknown)."""
+  return METHODS.get(distill_cfg.method)
+
+
+def method_config(distill_cfg) -> MethodConfig:
+  """`config.distill` as the method it names reads it."""
+  cls = method_class(distill_cfg)
+  options = dict(cls.OPTIONS)
+  if cls.options_key:
+    given = dict(distill_cfg.get(cls.options_key, {}) or {})
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+      raise ValueError(f"distill.{cls.options_key} has unknown key(s) {', '.join(unknown)}; "
+                       f"valid: {', '.join(options)}")
+    options.update(given)
+  return MethodConfig(w_kd=float(distill_cfg.w_kd), w_feat=float(distill_cfg.w_feat),
+                      w_ce=float(distill_cfg.w_ce), temperature=float(distill_cfg.temperature),
+                      label_smoothing=float(distill_cfg.get("label_smoothing", 0.0)),
+                      levels=distill_cfg.get("levels", "all"), options=options)
+
+
+def build_method(distill_cfg, *, student_shapes: dict, teacher_shapes, total_steps: int
+                 ) -> Method:
+  """`config.distill.method` -> a method for a student/teacher pair of these level shapes."""
+  return method_class(distill_cfg)(method_config(distill_cfg), student_shapes=student_shapes,
+                                   teacher_shapes=teacher_shapes, total_steps=int(total_steps))
 
 
 def check_config(distill_cfg) -> None:
-  """Fails early, in one line, on an unknown method or a bad run name."""
-  METHODS.get(distill_cfg.method)
+  """Fails early, in one line, on an unknown method, bad options or a bad run name."""
+  cls = method_class(distill_cfg)
+  cls.generations(method_config(distill_cfg).options)
   run_name(distill_cfg)
-
-
-def method_source(distill_cfg) -> str:
-  """What a method distils from, known before any model is built."""
-  return getattr(METHODS.get(distill_cfg.method), "source", "joint")
-
-
-def needs_teacher_logits(distill_cfg) -> bool:
-  """Whether a `source='teachers'` method reads the teachers' logits (and so needs probes)."""
-  return bool(getattr(METHODS.get(distill_cfg.method), "needs_teacher_logits", True))
 
 
 def run_name(distill_cfg) -> str:
@@ -90,14 +148,3 @@ def stage_dirname(distill_cfg) -> str:
   """`students` for the default method, `students_<run>` for the others."""
   run = run_name(distill_cfg)
   return "students" if run == DEFAULT else f"students_{run}"
-
-
-def linear_init(key, cin: int, cout: int) -> dict[str, jax.Array]:
-  """LeCun-normal kernel and zero bias for a 1x1 conv / dense adaptor."""
-  kernel = jax.random.normal(key, (cin, cout), jnp.float32) / jnp.sqrt(cin)
-  return {"kernel": kernel, "bias": jnp.zeros((cout,), jnp.float32)}
-
-
-def linear_apply(p, x):
-  """A 1x1 conv on NHWC maps or a dense layer on vectors: contracts the last axis."""
-  return jnp.einsum("...c,cd->...d", x.astype(jnp.float32), p["kernel"]) + p["bias"]

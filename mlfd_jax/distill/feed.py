@@ -11,7 +11,7 @@ method parameters: they train with the student and are not part of the exported 
 
 Sequential FEED (`feed_seq`): the same loss over `distill.feed.generations` generations;
 generation 0 learns from the stage-1 teachers, every later one from the previous generation's
-student alone (stages/students.py runs the generations).
+student alone (`generations`; stages/specs.py chains them, stages/students.py trains them).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS
+from mlfd_jax.distill.base import METHODS, Method, Source
 from mlfd_jax.distill.teachers import last_map, to_grid
-
-DEFAULTS = dict(beta=100.0, generations=2)
 
 
 def conv3x3_init(key, cin: int, cout: int):
@@ -55,17 +53,18 @@ def feed_term(student_map, teacher_map):
 
 
 @METHODS.register("feed")
-class FEED:
+class FEED(Method):
   name = "feed"
-  source = "teachers"
+  source = Source.TEACHERS
   needs_teacher_logits = False  # feature matching and CE only: no probes
-  sequential = False
+  options_key = "feed"
+  OPTIONS = {"beta": 100.0, "generations": 2}  # the FEED code's beta; feed_seq's generations
 
-  def __init__(self, cfg, *, student_shapes, teacher_shapes):
-    opts = {**DEFAULTS, **dict(cfg.get("feed", {}))}
-    self.beta = float(opts["beta"])
-    self.generations = int(opts["generations"])
-    self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
+  def __init__(self, cfg, *, student_shapes, teacher_shapes, total_steps: int):
+    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
+                     total_steps=total_steps)
+    self.beta = float(cfg.options["beta"])
+    self.label_smoothing = cfg.label_smoothing
     self.level = last_map(student_shapes)
     self.cin = student_shapes[self.level][-1]
     self.teacher_levels = [last_map(t) for t in teacher_shapes]
@@ -95,4 +94,10 @@ class FEED:
 @METHODS.register("feed_seq")
 class SequentialFEED(FEED):
   name = "feed_seq"
-  sequential = True
+
+  @classmethod
+  def generations(cls, options):
+    generations = int(options["generations"])
+    if generations < 1:
+      raise ValueError(f"distill.feed.generations={generations} must be >= 1")
+    return generations

@@ -13,7 +13,6 @@ from mlfd_jax.distill.mlfd import MLFD
 class KD(MLFD):
   name = "kd"
 
-  def __init__(self, cfg, *, student_shapes, teacher_shapes):
-    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
-                     levels=())
-    self.w_feat = 0.0
+  def distilled_levels(self, levels, teacher_shapes):
+    del levels, teacher_shapes
+    return ()

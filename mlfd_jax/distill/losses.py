@@ -7,35 +7,28 @@ import jax.numpy as jnp
 import optax
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0, mask=None):
-  """Mean softmax cross-entropy over the rows where `mask` is true (all rows if None)."""
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy over the rows."""
   logits = logits.astype(jnp.float32)
   onehot = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     onehot = optax.smooth_labels(onehot, label_smoothing)
   per_row = optax.softmax_cross_entropy(logits, onehot)
-  return masked_mean(per_row, mask)
+  return jnp.mean(per_row)
 
 
-def kd_kl(student_logits, teacher_logits, temperature: float, mask=None):
+def kd_kl(student_logits, teacher_logits, temperature: float):
   """T^2 * KL(softmax(z_T/T) || softmax(z_S/T)), the Hinton et al. term, mean over rows."""
   t = float(temperature)
   log_p_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t)
   log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
   per_row = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
-  return t * t * masked_mean(per_row, mask)
+  return t * t * jnp.mean(per_row)
 
 
 def mse(a, b):
   """Mean squared error over all elements (PyTorch's `MSELoss()` default)."""
   return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
-
-
-def masked_mean(x, mask=None):
-  if mask is None:
-    return jnp.mean(x)
-  mask = mask.astype(x.dtype)
-  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def kd_kl_to_probs(student_logits, target_probs, temperature: float):
@@ -69,3 +62,19 @@ def rkd_angle(s, t):
     e = l2_normalize(x[None, :] - x[:, None], axis=-1)  # e[i, j] = unit(x_j - x_i)
     return jnp.einsum("ijd,ikd->ijk", e, e)
   return jnp.mean(optax.huber_loss(angles(s), angles(t), delta=1.0))
+
+
+def multihead_ce(logits_per_head, labels, dataset_ids, label_smoothing: float):
+  """(mean over the batch of each sample's cross-entropy on its own dataset's head, top-1):
+  the loss of models with one head per dataset (joint teacher, joint baseline)."""
+  total, correct = 0.0, 0.0
+  for k, logits in enumerate(logits_per_head):
+    mine = dataset_ids == k
+    lab = jnp.where(mine, labels, 0)
+    onehot = jax.nn.one_hot(lab, logits.shape[-1])
+    if label_smoothing:
+      onehot = optax.smooth_labels(onehot, label_smoothing)
+    total = total + jnp.sum(optax.softmax_cross_entropy(logits, onehot) * mine)
+    correct = correct + jnp.sum((jnp.argmax(logits, -1) == lab) * mine)
+  n = labels.shape[0]
+  return total / n, correct / n

@@ -18,8 +18,8 @@ from __future__ import annotations
 import jax
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS, linear_apply, linear_init
-from mlfd_jax.models.fusion import resize_map
+from mlfd_jax.distill.base import METHODS, Method, Source
+from mlfd_jax.functional import linear_apply, linear_init, resize_map
 
 
 def resolve_levels(levels, student_shapes: dict, teacher_shapes: dict) -> tuple[str, ...]:
@@ -42,21 +42,26 @@ def resolve_levels(levels, student_shapes: dict, teacher_shapes: dict) -> tuple[
 
 
 @METHODS.register("mlfd")
-class MLFD:
+class MLFD(Method):
   """Multi-level feature distillation (w_feat > 0 over `levels`)."""
 
   name = "mlfd"
-  source = "joint"
+  source = Source.JOINT
 
-  def __init__(self, cfg, *, student_shapes: dict, teacher_shapes: dict, levels=None):
-    self.w_kd, self.w_feat, self.w_ce = float(cfg.w_kd), float(cfg.w_feat), float(cfg.w_ce)
-    self.temperature = float(cfg.temperature)
-    self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
-    self.levels = resolve_levels(cfg.levels if levels is None else levels, student_shapes,
-                                 teacher_shapes)
-    self.student_shapes, self.teacher_shapes = student_shapes, teacher_shapes
+  def __init__(self, cfg, *, student_shapes: dict, teacher_shapes: dict, total_steps: int):
+    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
+                     total_steps=total_steps)
+    self.w_kd, self.w_feat, self.w_ce = cfg.w_kd, cfg.w_feat, cfg.w_ce
+    self.temperature, self.label_smoothing = cfg.temperature, cfg.label_smoothing
+    self.levels = resolve_levels(self.distilled_levels(cfg.levels, teacher_shapes),
+                                 student_shapes, teacher_shapes)
     self.adapted = tuple(l for l in self.levels
                          if student_shapes[l][-1] != teacher_shapes[l][-1])
+
+  def distilled_levels(self, levels, teacher_shapes):
+    """The levels this method distils: `distill.levels` (subclasses fix their own)."""
+    del teacher_shapes
+    return levels
 
   def init(self, key):
     keys = jax.random.split(key, max(len(self.adapted), 1))
@@ -89,7 +94,6 @@ class MLFDLast(MLFD):
 
   name = "mlfd_last"
 
-  def __init__(self, cfg, *, student_shapes, teacher_shapes):
-    maps = [l for l, s in teacher_shapes.items() if len(s) == 3]
-    super().__init__(cfg, student_shapes=student_shapes, teacher_shapes=teacher_shapes,
-                     levels=maps[-1:])
+  def distilled_levels(self, levels, teacher_shapes):
+    del levels
+    return [l for l, s in teacher_shapes.items() if len(s) == 3][-1:]

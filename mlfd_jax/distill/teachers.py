@@ -7,7 +7,7 @@ student's label space (the teacher's own head or a linear probe, stages/probes.p
 
 from __future__ import annotations
 
-from mlfd_jax.models.fusion import resize_map
+from mlfd_jax.functional import resize_map
 
 
 def last_map(shapes: dict) -> str:

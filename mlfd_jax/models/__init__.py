@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mlfd_jax.models import convnext, resnet, vit
-from mlfd_jax.models.layers import LEVELS, FeatureSpace
+from mlfd_jax.models.layers import LEVELS, MAP_LEVELS, FeatureSpace
 from mlfd_jax.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -57,4 +57,5 @@ def create_model(name: str, *, num_classes: int, image_size: int, rngs: nnx.Rngs
                           dtype=dtype, **kwargs)
 
 
-__all__ = ["LEVELS", "MODELS", "FeatureSpace", "create_model", "feature_space", "model_options"]
+__all__ = ["LEVELS", "MAP_LEVELS", "MODELS", "FeatureSpace", "create_model", "feature_space",
+           "model_options"]

@@ -1,6 +1,6 @@
 """The trainable part of MLFD's joint teacher: adaptors, fusion layers, one head per dataset.
 
-The frozen teachers run outside this module (see `stages/joint.py`); it receives each
+The frozen teachers run outside this module (see `joint_teacher.py`); it receives each
 teacher's feature map at the fusion level l1 and
 
 1. adapts each map to a common width (BatchNorm + 1x1 conv, one adaptor per teacher),
@@ -31,16 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlfd_jax.models.layers import FeatureSpace
-
-MAP_LEVELS = ("stage1", "stage2", "stage3", "stage4")
-
-
-def resize_map(x, hw: tuple[int, int]):
-  """Bilinear resize of an NHWC map to spatial size `hw` (no-op if it already has it)."""
-  if tuple(x.shape[1:3]) == tuple(hw):
-    return x
-  return jax.image.resize(x, (x.shape[0], *hw, x.shape[3]), method="bilinear", antialias=True)
+from mlfd_jax.functional import resize_map
+from mlfd_jax.models.layers import MAP_LEVELS, FeatureSpace
 
 
 def _activate(x, space: FeatureSpace):
@@ -100,7 +92,6 @@ class FusionHead(nnx.Module):
     self.level_names = (*self.map_levels, "pooled")
     self.target_shapes = {k: tuple(v) for k, v in target_shapes.items()}
     self.num_heads = len(num_classes)
-    self.image_size = None
     self.dtype = dtype
     self.adaptors = nnx.List([_Adaptor(c, width, dtype=dtype, rngs=rngs) for c in teacher_widths])
     first = self.target_shapes[fusion_level]

@@ -14,7 +14,7 @@ from flax import nnx
 
 # The feature levels every model returns, shallow to deep; `pooled` is what the head reads.
 LEVELS = ("stage1", "stage2", "stage3", "stage4", "pooled")
-STAGES = LEVELS[:4]
+MAP_LEVELS = LEVELS[:4]  # the NHWC map levels; a joint teacher fuses at one of them
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,38 @@
-"""One module per stage; `STAGES` maps `config.stage` to its `run(config, workdir, ...)`."""
+"""The pipeline's stages: `STAGES` maps `config.stage` to a `run(ctx)`.
+
+Each stage module trains one kind of model from its specs (specs.py) and imports no other stage
+module; this package imports them (downward) to register them, and defines `all`.
+"""
+
+from __future__ import annotations
+
+from absl import logging
 
 from mlfd_jax.registry import Registry
+from mlfd_jax.stages import baselines, evaluate, joint, specs, students, teachers
 
 STAGES: Registry = Registry("stage")
+PIPELINE = (teachers, joint, students)  # what `all` trains, in order, before evaluating
 
 
-def _register_all():
-  # Importing a stage module registers it.
-  from mlfd_jax.stages import baselines, evaluate, joint, students, teachers  # noqa: F401
+def check_all(ctx) -> None:
+  """Builds the spec of every model `all` trains: a bad value in a later stage's block
+  (a method, a level, a model) fails now, before the earlier stages' training."""
+  specs.teachers(ctx)
+  specs.joints(ctx)
+  specs.students(ctx)
 
 
-_register_all()
+def run_all(ctx) -> None:
+  """teachers -> joint -> students -> eval; finished stages are skipped, partial ones resumed."""
+  check_all(ctx)
+  for module in PIPELINE:
+    logging.info("=== stage %s ===", module.STAGE)
+    module.run(ctx)
+  logging.info("=== stage eval ===")
+  evaluate.evaluate_workdir(ctx, force=False)
+
+
+for _module in (teachers, joint, students, baselines, evaluate):
+  STAGES.add(_module.STAGE, _module.run)
+STAGES.add("all", run_all)

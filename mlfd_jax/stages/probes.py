@@ -27,7 +27,7 @@ from absl import logging
 
 from mlfd_jax import parallel
 from mlfd_jax.data import augment
-from mlfd_jax.distill.base import linear_apply
+from mlfd_jax.functional import linear_apply
 
 DIRNAME = "probes"
 
@@ -36,7 +36,8 @@ def same_data(config, a: str, b: str) -> bool:
   """Whether datasets `a` and `b` are configured identically (so share one label space)."""
   if a == b:
     return True
-  block = lambda n: {k: v for k, v in config.datasets[n].to_dict().items() if k != "name"}
+  block = lambda n: {k: v for k, v in config.datasets[n].to_dict().items()  # noqa: E731
+                     if k != "name"}
   return block(a) == block(b)
 
 

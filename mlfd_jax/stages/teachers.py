@@ -6,16 +6,15 @@ Each teacher has its own architecture (`config.teachers.<dataset>`) and lands in
 
 from __future__ import annotations
 
-from mlfd_jax import train
+from mlfd_jax import modelfn, train
 from mlfd_jax.distill import losses
 from mlfd_jax.metrics import top1_accuracy
-from mlfd_jax.stages import STAGES, common
+from mlfd_jax.stages import common, specs
 
 STAGE = "teachers"
 
 
-def classifier_task(name: str, model, *, label_smoothing: float, dataset, meta: dict
-                    ) -> train.Task:
+def classifier_loss(model: modelfn.ModelFn, label_smoothing: float):
   """Plain supervised training of one model on one dataset."""
 
   def loss(params, model_state, frozen, batch, key):
@@ -25,30 +24,16 @@ def classifier_task(name: str, model, *, label_smoothing: float, dataset, meta: 
     ce = losses.cross_entropy(logits, batch["label"], label_smoothing)
     return ce, (new_state, {"ce": ce, "top1": top1_accuracy(logits, batch["label"])})
 
-  def predict(params, model_state, frozen, images, head):
-    del frozen, head
-    return model.apply({"params": params, "model_state": model_state}, images, train=False)[0]
-
-  return train.Task(name=name, init=model.init, loss=loss, predict=predict,
-                    pad=int(dataset.pad), flip=bool(dataset.flip), meta=meta)
+  return loss
 
 
-def teacher_task(config, name: str, dataset) -> train.Task:
-  block = common.model_block(config, "teachers", name)
-  model = common.model_fn(block, num_classes=dataset.num_classes,
-                          image_size=dataset.image_size, train_cfg=config.teacher_train)
-  meta = {"model": block, "num_classes": dataset.num_classes, "image_size": dataset.image_size}
-  return classifier_task(f"teacher/{name}", model, dataset=dataset, meta=meta,
-                         label_smoothing=float(config.teacher_train.label_smoothing))
+def teacher_task(ctx, name: str) -> train.Task:
+  """The training task of dataset `name`'s teacher."""
+  spec = specs.teacher(ctx, name)
+  return spec.task(classifier_loss(spec.model, float(ctx.config.teacher_train.label_smoothing)))
 
 
-@STAGES.register(STAGE)
-def run(config, workdir: str, *, config_path: str = "") -> None:
-  mesh = common.mesh(config)
-  for i, name in enumerate(common.dataset_names(config)):
-    ds = common.build_dataset(config, name)
-    common.train_and_report(
-        lambda: teacher_task(config, name, ds), ds, [train.EvalSet(name, ds)],
-        config.teacher_train, stage=STAGE, name=name, workdir=workdir, config=config,
-        config_path=config_path, mesh=mesh, seed=config.seed + i, model="teacher",
-        num_classes={name: ds.num_classes})
+def run(ctx) -> None:
+  smoothing = float(ctx.config.teacher_train.label_smoothing)
+  for spec in specs.teachers(ctx):
+    common.train_and_report(ctx, spec, classifier_loss(spec.model, smoothing))

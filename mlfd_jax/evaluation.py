@@ -1,0 +1,91 @@
+"""Evaluation of a model's predictions: validation during training, best/last reports after.
+
+Separate from the trainer so that evaluating a finished checkpoint builds no optimizer and no
+train step: an `Evaluator` needs only the task's `predict`, its frozen inputs and the mesh.
+Model selection reads only `val`; the test split is read only by `report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mlfd_jax import checkpoint, metrics, parallel
+from mlfd_jax.data import augment
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A dataset evaluated on one output head of the task."""
+  name: str
+  dataset: Any
+  head: int = 0
+
+
+class Evaluator:
+  """Top-1/top-5 of `predict(params, model_state, frozen, images, head)` on eval splits."""
+
+  def __init__(self, predict: Callable[..., jax.Array], frozen: Any, mesh, batch_size: int):
+    self.predict, self.frozen, self.mesh, self.batch_size = predict, frozen, mesh, batch_size
+    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    self._eval = jax.jit(self._eval_step, static_argnums=(3,),
+                         in_shardings=(repl, repl, data), out_shardings=repl)
+
+  def _eval_step(self, model, frozen, batch, head):
+    images = augment.normalize(batch["image"])
+    logits = self.predict(model["params"], model["model_state"], frozen, images, head)
+    logits = logits.astype(jnp.float32)
+    mask = batch["mask"]
+    return {"top1": metrics.topk_correct(logits, batch["label"], 1, mask),
+            "top5": metrics.topk_correct(logits, batch["label"], 5, mask),
+            "count": jnp.sum(mask.astype(jnp.float32))}
+
+  def evaluate(self, model, eval_set: EvalSet, split: str) -> dict[str, float]:
+    """Top-1/top-5 of `model` on a split of `eval_set`, exact over padding and devices."""
+    totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}
+    batches = eval_set.dataset.eval_batches(split, self.batch_size,
+                                            process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+    for batch in batches:
+      batch = {k: batch[k] for k in ("image", "label", "mask")}
+      out = self._eval(model, self.frozen, parallel.to_global(batch, self.mesh), eval_set.head)
+      for k, v in jax.device_get(out).items():
+        totals[k] += float(v)
+    n = max(totals["count"], 1.0)
+    return {"top1": totals["top1"] / n, "top5": totals["top5"] / n, "count": int(totals["count"])}
+
+  def validate(self, model, eval_sets: list[EvalSet]) -> dict[str, float]:
+    """Validation top-1 per eval set and their mean (`val_top1`, what model selection uses)."""
+    out = {f"val_top1/{es.name}": self.evaluate(model, es, "val")["top1"] for es in eval_sets}
+    out[checkpoint.VAL_METRIC] = float(np.mean([out[f"val_top1/{es.name}"]
+                                                for es in eval_sets]))
+    return out
+
+  def report(self, ckpts: checkpoint.Checkpoints, abstract_model, eval_sets: list[EvalSet]
+             ) -> dict[str, dict[str, Any]]:
+    """val/test top-1 and test top-5 per eval set, for the best-by-val and the last step;
+    `abstract_model` is the restore target (shapes, dtypes, shardings)."""
+    best, last = ckpts.best_step(), ckpts.latest_step()
+    if last is None:
+      raise ValueError(f"no checkpoint in {ckpts.directory}")
+    best = last if best is None else best
+    evaluated: dict[int, dict[str, dict[str, Any]]] = {}
+    for step in dict.fromkeys((best, last)):
+      model = ckpts.restore_model(step, abstract_model)
+      evaluated[step] = {}
+      for es in eval_sets:
+        val = self.evaluate(model, es, "val")
+        test = self.evaluate(model, es, "test")
+        evaluated[step][es.name] = {"val_top1": val["top1"], "test_top1": test["top1"],
+                                    "test_top5": test["top5"], "step": step}
+    return {es.name: {**evaluated[best][es.name], "last": evaluated[last][es.name]}
+            for es in eval_sets}
+
+
+def eval_batch_size(train_cfg) -> int:
+  """`eval_batch_size` if set, else the training batch size."""
+  return int(train_cfg.get("eval_batch_size", 0) or train_cfg.batch_size)
