@@ -15,6 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mlfd_jax import cli
 from mlfd_jax.stages import STAGES
 from mlfd_jax.stages.context import RunContext
 
@@ -79,6 +80,24 @@ def _quiet_library_info_logs() -> None:
   logging.get_absl_handler().addFilter(keep)
 
 
+def _fail(message) -> None:
+  """Ends the run with the one-line error the README promises (exit code 2)."""
+  print(f"mlfd_jax: error: {message}", file=sys.stderr)
+  sys.exit(cli.EXIT_CODE)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing behind `cli.check_argv`, so a bad flag, config file, key, type or stage
+  ends in one line before anything is imported or logged."""
+  try:
+    cli.check_argv(argv, STAGES.names())
+    return flags.FLAGS(argv)
+  except (cli.EntryError, flags.Error) as e:
+    if os.environ.get("MLFD_TRACEBACK"):
+      raise
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -96,9 +115,8 @@ def main(argv) -> None:
     if os.environ.get("MLFD_TRACEBACK"):
       raise
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"mlfd_jax: error: {msg} (MLFD_TRACEBACK=1 shows where)", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"{msg} (MLFD_TRACEBACK=1 shows where)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -107,15 +107,58 @@ def test_unwritable_workdir(digits_config, tmp_path):
     mlfd_main.run(digits_config, str(blocker / "sub"))
 
 
-def test_cli_one_line_error_and_config_key_typo(tmp_path):
-  r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=nope")
-  assert r.returncode == 2
-  assert "mlfd_jax: error: unknown stage 'nope'; valid:" in r.stderr and "Traceback" not in r.stderr
-  r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path}",
-           "--config.teacher_train.stpes=3")
-  assert r.returncode != 0 and "stpes" in r.stderr
-  r = _cli("--config=configs/digits.py:huge", f"--workdir={tmp_path}")
-  assert r.returncode != 0 and "huge" in r.stderr
+ENTRY_ERRORS = [
+    (["--config.stage=nope"],
+     "unknown stage 'nope'; valid: all, baseline_joint, eval, joint, students, teachers"),
+    (["--config.teacher_train.stpes=3"],
+     "unknown config key 'teacher_train.stpes' (--config.teacher_train.stpes); closest: "
+     "teacher_train.steps, teacher_train.dtype, teacher_train.epochs"),
+    (["--config.no_such_key=1"],
+     "unknown config key 'no_such_key' (--config.no_such_key); keys: datasets, distill, joint, "
+     "joint_train, num_devices, seed, stage, student_datasets, student_train, students, "
+     "teacher_train, teachers"),
+    (["--config.seed=abc"], "--config.seed=abc: seed is an int; got 'abc'"),
+    (["--config.joint.width=wide"], "--config.joint.width=wide: joint.width is an int; got 'wide'"),
+    (["--config.joint.finetune_teachers=maybe"],
+     "--config.joint.finetune_teachers=maybe: joint.finetune_teachers is a bool; got 'maybe'"),
+    (["--config.joint=3"], "--config.joint is a block, not a value; set one of its keys: "
+     "joint.dropout, joint.finetune_teachers, joint.fusion_level, joint.mode, joint.shape_like, "
+     "joint.width"),
+    (["--wrkdir=x"],
+     "unknown flag --wrkdir; valid: --config, --workdir, --distributed, --config.KEY=VALUE"),
+    (["extra"], "unexpected argument 'extra'; the command takes only flags: "
+     "--config=FILE[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]"),
+]
+
+
+@pytest.mark.parametrize("extra,error", ENTRY_ERRORS)
+def test_entry_error_is_one_line(tmp_path, extra, error):
+  """The whole stderr is one line naming the bad flag, key or value; nothing is written."""
+  r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path / 'w'}", *extra)
+  assert (r.returncode, r.stderr) == (2, f"mlfd_jax: error: {error}\n")
+  assert not (tmp_path / "w").exists()
+
+
+def test_config_file_and_required_flags_errors_are_one_line(tmp_path):
+  configs = ", ".join(f"configs/{n}.py" for n in ("cifar10_same", "digits", "imagenet_subsets",
+                                                  "paper_group_a", "shared_trio",
+                                                  "tiny_imagenet_subsets"))
+  broken = tmp_path / "broken.py"
+  broken.write_text("import no_such_module\n")
+  cases = [
+      (["--config=configs/nope.py", f"--workdir={tmp_path}"],
+       f"config file 'configs/nope.py' does not exist; available: {configs}"),
+      ([f"--config={broken}", f"--workdir={tmp_path}"],
+       f"config file '{broken}' does not import: ModuleNotFoundError: No module named "
+       "'no_such_module'"),
+      (["--config=configs/digits.py:huge", f"--workdir={tmp_path}"],
+       "--config=configs/digits.py:huge: unknown variant 'huge'; valid: default, tiny"),
+      ([f"--workdir={tmp_path}"], "--config is required (e.g. --config=configs/digits.py)"),
+      (["--config=configs/digits.py:tiny"], "--workdir is required (e.g. --workdir=runs/digits)"),
+  ]
+  for args, error in cases:
+    r = _cli(*args)
+    assert (r.returncode, r.stderr) == (2, f"mlfd_jax: error: {error}\n"), args
 
 
 @pytest.mark.parametrize("key,value,error", [

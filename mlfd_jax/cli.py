@@ -1,0 +1,137 @@
+"""The command line's entry checks: every mistake in the flags becomes one line, not a traceback.
+
+absl and ml_collections report a bad flag with a traceback from inside their parsers (an unknown
+`--config.KEY`, a config file that does not exist or does not import) or with a last line that
+does not name the value (`Pass --helpshort ...`). `check_argv` looks at the arguments first,
+loading the config file the way ml_collections does, and raises `EntryError` with one line that
+names the bad flag, key or value and what would be valid. `main.py` prints it as
+`mlfd_jax: error: ...` and exits with code 2, before anything is imported or logged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import importlib.util
+import os
+from typing import Any, Iterator
+
+FLAGS_TAKING_VALUES = ("config", "workdir")
+BOOL_FLAGS = ("distributed",)
+EXIT_CODE = 2
+
+
+class EntryError(Exception):
+  """A mistake on the command line, explained in one line."""
+
+
+def _flag_items(argv: list[str]) -> Iterator[tuple[str, str | None]]:
+  """(name, value or None) for each `--name=value`, `--name value` or `--name` in argv[1:]."""
+  args, i = argv[1:], 0
+  while i < len(args):
+    arg = args[i]
+    i += 1
+    if not arg.startswith("-") or arg in ("-", "--"):
+      raise EntryError(f"unexpected argument {arg!r}; the command takes only flags: "
+                       f"--config=FILE[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]")
+    name, eq, value = arg.lstrip("-").partition("=")
+    if not eq:
+      takes_value = name in FLAGS_TAKING_VALUES or (
+          name.startswith("config.") and i < len(args) and not args[i].startswith("--"))
+      if takes_value and i < len(args):
+        value, i = args[i], i + 1
+      elif takes_value:
+        raise EntryError(f"--{name} needs a value")
+      else:
+        value = None
+    yield name, value
+
+
+def _available_configs() -> str:
+  found = sorted(glob.glob(os.path.join("configs", "*.py")))
+  return ", ".join(p for p in found if not p.endswith("__init__.py")) or "none in ./configs"
+
+
+def load_config(spec: str):
+  """`configs/NAME.py[:ARGS]` -> the ConfigDict its `get_config(ARGS)` returns."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise EntryError(f"config file {path!r} does not exist; available: {_available_configs()}")
+  try:
+    module_spec = importlib.util.spec_from_file_location("mlfd_jax_entry_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # any error while importing the user's file  # noqa: BLE001
+    raise EntryError(f"config file {path!r} does not import: {type(e).__name__}: {e}") from None
+  if not hasattr(module, "get_config"):
+    raise EntryError(f"config file {path!r} has no get_config() function")
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except (ValueError, KeyError, TypeError) as e:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise EntryError(f"--config={spec}: {msg}") from None
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    out[prefix + key] = value
+    if hasattr(value, "items"):
+      out.update(_flatten(value, f"{prefix}{key}."))
+  return out
+
+
+def _check_override(key: str, value: str | None, keys: dict[str, Any]) -> None:
+  """An override must name an existing key and parse as that key's type."""
+  if key not in keys:
+    parent = key.rpartition(".")[0]
+    close = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
+    siblings = [k for k in keys if k.rpartition(".")[0] == parent]
+    hint = f"closest: {', '.join(close)}" if close else \
+        f"keys{' of ' + parent if parent else ''}: {', '.join(siblings)}"
+    raise EntryError(f"unknown config key {key!r} (--config.{key}); {hint}")
+  current = keys[key]
+  if hasattr(current, "items"):
+    children = [k for k in keys if k.rpartition(".")[0] == key]
+    raise EntryError(f"--config.{key} is a block, not a value; set one of its keys: "
+                     f"{', '.join(children)}")
+  if value is None:
+    if not isinstance(current, bool):
+      raise EntryError(f"--config.{key} needs a value (it is a {type(current).__name__})")
+    return
+  kind = type(current)
+  try:
+    if kind is bool:
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+    elif kind in (int, float):
+      kind(value)
+  except ValueError:
+    article = "an" if kind is int else "a"
+    raise EntryError(f"--config.{key}={value}: {key} is {article} {kind.__name__}; "
+                     f"got {value!r}") from None
+
+
+def check_argv(argv: list[str], valid_stages: list[str]) -> None:
+  """Raises EntryError for the first mistake in `argv`; returns if the flags look right."""
+  given, overrides = {}, []
+  for name, value in _flag_items(argv):
+    if name.startswith("config."):
+      overrides.append((name[len("config."):], value))
+    elif name in FLAGS_TAKING_VALUES:
+      given[name] = value
+    elif name not in BOOL_FLAGS and name.removeprefix("no") not in BOOL_FLAGS and \
+        name not in ("help", "helpshort", "helpfull"):
+      valid = ", ".join(f"--{f}" for f in (*FLAGS_TAKING_VALUES, *BOOL_FLAGS))
+      raise EntryError(f"unknown flag --{name}; valid: {valid}, --config.KEY=VALUE")
+  if any(n in ("help", "helpshort", "helpfull") for n, _ in _flag_items(argv)):
+    return  # absl prints the help
+  for flag, example in (("config", "configs/digits.py"), ("workdir", "runs/digits")):
+    if not given.get(flag):
+      raise EntryError(f"--{flag} is required (e.g. --{flag}={example})")
+  keys = _flatten(load_config(given["config"]))
+  for key, value in overrides:
+    _check_override(key, value, keys)
+  stage = dict(overrides).get("stage", keys.get("stage"))
+  if stage not in valid_stages:
+    raise EntryError(f"unknown stage {stage!r}; valid: {', '.join(sorted(valid_stages))}")
