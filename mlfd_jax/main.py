@@ -1,9 +1,10 @@
 """Entry point: `python -m mlfd_jax.main --config=configs/NAME.py --workdir=DIR [--config.K=V]`.
 
-Thin on purpose (as in the Flax examples): parse flags, keep TensorFlow off the accelerators,
-start multi-host JAX if asked, log the topology, check the workdir, make the run context
-(stages/context.py) and run `config.stage` with it.
-Errors caused by the input (config, paths, data) end the run with one line naming the bad value.
+Thin on purpose (as in the Flax examples): check and parse the flags (cli.py), start multi-host
+JAX if asked, check and lock the workdir (workdir.py), keep TensorFlow off the accelerators, log
+the topology, make the run context (stages/context.py) and run `config.stage` with it.
+Errors caused by the input (flags, config, paths, data, a busy workdir) end the run with one line
+naming the bad value.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mlfd_jax import cli
+from mlfd_jax import workdir as workdir_lib
 from mlfd_jax.stages import STAGES
 from mlfd_jax.stages.context import RunContext
 
@@ -29,7 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Errors that mean "the input is wrong", reported in one line; anything else is a bug and keeps
 # its traceback. Set MLFD_TRACEBACK=1 to see tracebacks for input errors too.
 INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError,
-                PermissionError)
+                PermissionError, workdir_lib.WorkdirInUse)
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -41,32 +43,12 @@ def _hide_accelerators_from_tensorflow() -> None:
   tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
 
 
-def check_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed and fails early, in one line, if it cannot be written."""
-  workdir = os.path.abspath(workdir)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(f"workdir {workdir} is not writable ({e.strerror})") from None
-  return workdir
-
-
-def use_compilation_cache(workdir: str) -> None:
-  """Caches XLA compilations on disk: identical programs (two teachers of one architecture,
-  a rerun, a resume) compile once. `JAX_COMPILATION_CACHE_DIR` overrides the location."""
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
-
-
 def run(config, workdir: str, config_path: str = "") -> None:
   stage = STAGES.get(config.stage)
-  workdir = check_workdir(workdir)
-  use_compilation_cache(workdir)
-  stage(RunContext(config, workdir, config_path))
+  path = workdir_lib.check_writable(workdir)
+  with workdir_lib.Lock(path, command=" ".join(sys.argv)):
+    workdir_lib.use_compilation_cache(path)
+    stage(RunContext(config, path, config_path))
 
 
 def _quiet_library_info_logs() -> None:
@@ -101,16 +83,19 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  _quiet_library_info_logs()
-  _hide_accelerators_from_tensorflow()
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
-  config_path = flags.FLAGS["config"].config_filename
   try:
-    run(_CONFIG.value, _WORKDIR.value, config_path)
+    if _DISTRIBUTED.value:
+      jax.distributed.initialize()
+    # The workdir is checked and locked before anything is imported or logged, so a second run
+    # on it fails with one line and nothing else.
+    path = workdir_lib.check_writable(_WORKDIR.value)
+    with workdir_lib.Lock(path, command=" ".join(sys.argv)):
+      _quiet_library_info_logs()
+      _hide_accelerators_from_tensorflow()
+      logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+                   jax.process_count(), jax.local_device_count(), jax.device_count(),
+                   jax.devices()[0].platform)
+      run(_CONFIG.value, path, flags.FLAGS["config"].config_filename)
   except INPUT_ERRORS as e:
     if os.environ.get("MLFD_TRACEBACK"):
       raise

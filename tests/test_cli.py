@@ -187,6 +187,33 @@ def test_compute_core_imports_neither_tensorflow_nor_clu():
   assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_a_second_run_on_a_busy_workdir_fails_at_once_and_the_first_is_unharmed(tmp_path):
+  """One run per workdir: the second gets one line naming the holder; the first trains on.
+  (The kill -9 test below shows that a killed run's lock does not block the rerun.)"""
+  import re
+  import socket
+  args = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
+          "--config.teacher_train.steps=400", "--config.teacher_train.batch_size=16"]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  first = subprocess.Popen([sys.executable, "-m", "mlfd_jax.main", *args], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / ".lock").exists():
+      time.sleep(0.1)
+    r = _cli(*args)
+    assert r.returncode == 2
+    assert re.fullmatch(
+        rf"mlfd_jax: error: workdir {tmp_path} is in use by another run \(pid {first.pid} on "
+        rf"{re.escape(socket.gethostname())} since [-0-9]+ [:0-9]+\); wait for it to end or use "
+        rf"another --workdir \(MLFD_TRACEBACK=1 shows where\)\n", r.stderr), r.stderr
+    assert first.poll() is None  # still training
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == first.pid
+  finally:
+    first.kill()
+    first.wait()
+
+
 def test_kill_9_then_rerun_resumes(tmp_path):
   """Kill the teachers stage mid-training, rerun the same command, it resumes and finishes."""
   args = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
