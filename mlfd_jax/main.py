@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlfd_jax import cli
+from mlfd_jax import cli, train
 from mlfd_jax import workdir as workdir_lib
 from mlfd_jax.stages import STAGES
 from mlfd_jax.stages.context import RunContext
@@ -46,7 +46,7 @@ def _hide_accelerators_from_tensorflow() -> None:
 def run(config, workdir: str, config_path: str = "") -> None:
   stage = STAGES.get(config.stage)
   path = workdir_lib.check_writable(workdir)
-  with workdir_lib.Lock(path, command=" ".join(sys.argv)):
+  with workdir_lib.Lock(path, command=" ".join(sys.argv)), train.STOP:
     workdir_lib.use_compilation_cache(path)
     stage(RunContext(config, path, config_path))
 
@@ -101,6 +101,9 @@ def main(argv) -> None:
       raise
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     _fail(f"{msg} (MLFD_TRACEBACK=1 shows where)")
+  except train.Preempted as e:
+    print(f"mlfd_jax: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)  # the shell's code for death by that signal
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ def agree(flags):
   return out.tolist() if isinstance(flags, (list, tuple)) else bool(out)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true on any process (a signal may reach only some of them)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, bool))))
+
+
 def barrier(name: str) -> None:
   """Waits until every process reaches `name` (after process 0 wrote a file the others read)."""
   if jax.process_count() > 1:

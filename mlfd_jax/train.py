@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable, Protocol
 
@@ -83,6 +85,63 @@ def abstract_variables(init: Callable[[jax.Array], Any], mesh) -> Any:
 def restore_model(ckpts: checkpoint.Checkpoints, task: Task, mesh, step: int):
   """The `model` variables of `step`, replicated on `mesh` (any device count)."""
   return ckpts.restore_model(step, abstract_variables(task.init, mesh))
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived: the state at the current step is saved and the run stops."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT (what a preempted TPU VM, SLURM or Ctrl-C send) into a flag the
+  loop reads between steps, for as long as a run holds it (`with STOP:` in main.run); a second
+  SIGINT interrupts at once. A signal that comes between two models stops the next one before
+  its first step."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous: dict[int, Any] = {}
+    self._depth = 0
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+
+  def __enter__(self) -> "StopSignals":
+    self._depth += 1
+    if self._depth == 1 and threading.current_thread() is threading.main_thread():
+      self.received = None
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._depth -= 1
+    if self._depth == 0:
+      for s, handler in self._previous.items():
+        signal.signal(s, handler)
+      self._previous = {}
+
+  def preempted(self, done: int, total: int, name: str) -> Preempted:
+    signum = self.received or signal.SIGTERM
+    return Preempted(f"stopped by {signal.Signals(signum).name} at step {done}/{total} of {name}: "
+                     f"its state is saved; rerun the same command to continue", signum)
+
+  def stop_now(self, done: int, every: int) -> bool:
+    """Whether to stop after step `done`: on one process as soon as a signal came; on several,
+    at steps that are multiples of `every`, if it reached any of them (all stop together)."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    return done % every == 0 and parallel.any_process(self.received is not None)
+
+
+STOP = StopSignals()  # the process's; main.run holds it while a stage runs
 
 
 def _fmt_time(seconds: float) -> str:
@@ -181,28 +240,40 @@ class Trainer:
   def train(self, state: tuple[dict, dict], batches, ckpts: checkpoint.Checkpoints,
             eval_sets: list[EvalSet], writer: Writer | None, base_key) -> None:
     """Steps from the state's step to `total_steps`: logs every `log_every`, validates and
-    checkpoints every `eval_every` and at the end."""
+    checkpoints every `eval_every` and at the end. On SIGTERM or SIGINT it saves the current
+    step (every process takes part) and raises `Preempted`; rerunning resumes there."""
     model, train_state = state
     start, total = int(jax.device_get(train_state["step"])), self.total_steps
     eval_every = int(self.cfg.get("eval_every", 0) or total)
     log_every = max(1, int(self.cfg.get("log_every", 50)))
     progress = _ProgressLog(self.task.name, total, int(self.cfg.batch_size), writer)
+    if STOP.stop_now(start, 1):
+      raise STOP.preempted(start, total, self.task.name)  # a signal came before this model
     for step in range(start, total):
-      model, train_state, step_metrics = self.step(model, train_state, next(batches), base_key)
+      model, train_state, step_metrics = self.step(model, train_state, next(batches),
+                                                   base_key)
       progress.add(step_metrics)
       done = step + 1
       if done % log_every == 0 or done == total:
         progress.log(done)
       if done % eval_every == 0 or done == total:
-        val = self.evaluator.validate(model, eval_sets)
-        logging.info("[%s] step %d: val_top1 %.4f %s", self.task.name, done,
-                     val[checkpoint.VAL_METRIC],
-                     " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in val.items() if "/" in k))
-        if writer is not None:
-          writer.write_scalars(done, val)
-          writer.flush()
-        ckpts.save(done, model, train_state, metrics=val)
+        self._validate_and_save(done, (model, train_state), ckpts, eval_sets, writer)
         progress.restart_window()  # keep eval and save time out of img/s
+      elif STOP.stop_now(done, log_every):
+        ckpts.save(done, model, train_state)
+        raise STOP.preempted(done, total, self.task.name)
+
+  def _validate_and_save(self, done, state, ckpts, eval_sets, writer) -> None:
+    """Validation at step `done`, logged and written, then the checkpoint with its metrics."""
+    model, train_state = state
+    val = self.evaluator.validate(model, eval_sets)
+    logging.info("[%s] step %d: val_top1 %.4f %s", self.task.name, done,
+                 val[checkpoint.VAL_METRIC],
+                 " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in val.items() if "/" in k))
+    if writer is not None:
+      writer.write_scalars(done, val)
+      writer.flush()
+    ckpts.save(done, model, train_state, metrics=val)
 
 
 def _check_meta(ckpts: checkpoint.Checkpoints, meta: dict) -> None:

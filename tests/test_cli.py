@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -212,6 +213,67 @@ def test_a_second_run_on_a_busy_workdir_fails_at_once_and_the_first_is_unharmed(
   finally:
     first.kill()
     first.wait()
+
+
+def _final_teacher_params(workdir, steps):
+  from configs import digits
+  from mlfd_jax import checkpoint, parallel, train
+  from mlfd_jax.stages import teachers
+  from mlfd_jax.stages.context import RunContext
+  ctx, out = RunContext(digits.get_config("tiny"), ""), {}
+  for name in ctx.names:
+    ck = checkpoint.Checkpoints(str(workdir / "teachers" / name), read_only=True)
+    model = train.restore_model(ck, teachers.teacher_task(ctx, name), parallel.make_mesh(1), steps)
+    out[name] = [np.asarray(x) for x in jax.tree.leaves(model)]
+    ck.close()
+  return out
+
+
+def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninterrupted_run(
+    tmp_path):
+  import re
+  args = ["--config=configs/digits.py:tiny", "--config.stage=teachers",
+          "--config.teacher_train.steps=120", "--config.teacher_train.eval_every=40",
+          "--config.teacher_train.log_every=1", "--config.teacher_train.batch_size=16"]
+  stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  proc = subprocess.Popen([sys.executable, "-m", "mlfd_jax.main", *args, f"--workdir={stopped}"],
+                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  ckdir = stopped / "teachers" / "digits_a"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if ckdir.is_dir() and any(p.name.isdigit() for p in ckdir.iterdir()):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "finished before the signal; raise steps"
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM
+  last = err.strip().splitlines()[-1]
+  m = re.fullmatch(r"mlfd_jax: stopped by SIGTERM at step (\d+)/120 of teacher/(digits_\w): its "
+                   r"state is saved; rerun the same command to continue", last)
+  assert m, last
+  step, name = int(m.group(1)), m.group(2)
+  assert 0 < step < 120 and (stopped / "teachers" / name / str(step)).is_dir()
+  assert "Traceback" not in err
+  if name == "digits_a":  # nothing was finished, so nothing was recorded
+    assert not (stopped / "results.json").exists()
+
+  r = _cli(*args, f"--workdir={stopped}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resuming at step {step}/120" in r.stderr
+  r = _cli(*args, f"--workdir={whole}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  a, b = _final_teacher_params(stopped, 120), _final_teacher_params(whole, 120)
+  for n in a:
+    assert all(np.array_equal(x, y) for x, y in zip(a[n], b[n])), n
+
+  def numbers(path):
+    res = json.loads((path / "results.json").read_text())
+    return {d: {k: (v["test_top1"], v["val_top1"], v["step"]) for k, v in e.items()
+                if isinstance(v, dict)} for d, e in res["datasets"].items()}
+  assert numbers(stopped) == numbers(whole)
 
 
 def test_kill_9_then_rerun_resumes(tmp_path):
