@@ -31,7 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Errors that mean "the input is wrong", reported in one line; anything else is a bug and keeps
 # its traceback. Set MLFD_TRACEBACK=1 to see tracebacks for input errors too.
 INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError,
-                PermissionError, workdir_lib.WorkdirInUse)
+                PermissionError, workdir_lib.WorkdirInUse, train.NonFinite)
 
 
 def _hide_accelerators_from_tensorflow() -> None:

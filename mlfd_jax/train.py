@@ -87,6 +87,10 @@ def restore_model(ckpts: checkpoint.Checkpoints, task: Task, mesh, step: int):
   return ckpts.restore_model(step, abstract_variables(task.init, mesh))
 
 
+class NonFinite(ArithmeticError):
+  """A loss term went NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
 class Preempted(Exception):
   """SIGTERM or SIGINT arrived: the state at the current step is saved and the run stops."""
 
@@ -157,18 +161,32 @@ class _ProgressLog:
   def __init__(self, name: str, total: int, batch_size: int, writer: Writer | None):
     self.name, self.total, self.batch_size, self.writer = name, total, batch_size, writer
     self.pending: list[dict] = []
-    self.t_start = time.perf_counter()
-    self.restart_window()
+    self.t_start = self.window_start = time.perf_counter()
 
-  def restart_window(self) -> None:
-    """Starts a new throughput window (after evaluation and saving, which are not steps)."""
-    self.window_start, self.pending = time.perf_counter(), []
+  def restart_timer(self) -> None:
+    """Keeps evaluation and saving, which are not steps, out of the next img/s."""
+    self.window_start = time.perf_counter()
 
   def add(self, step_metrics: dict) -> None:
     self.pending.append(step_metrics)
 
-  def log(self, done: int) -> None:
+  def check_finite(self, done: int) -> list[dict]:
+    """The pending steps' metrics, fetched; raises `NonFinite` naming the first step and the
+    metrics (loss terms, gradient norm) that went NaN or infinite. Called before logging and
+    before every checkpoint, so a diverged state is never saved."""
     fetched = jax.device_get(self.pending)
+    for i, m in enumerate(fetched):
+      bad = [k for k, v in m.items() if not np.all(np.isfinite(v))]
+      if bad:
+        step = done - len(fetched) + i + 1
+        terms = ", ".join(f"{k}={float(np.asarray(m[k]).mean())}" for k in bad)
+        raise NonFinite(f"[{self.name}] step {step}: training went non-finite ({terms}); "
+                        f"nothing from that step on is saved; lower the learning rate or "
+                        f"check the data")
+    return fetched
+
+  def log(self, done: int) -> None:
+    fetched = self.check_finite(done)
     scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     elapsed = time.perf_counter() - self.window_start
     scalars["img_per_s"] = len(fetched) * self.batch_size / max(elapsed, 1e-9)
@@ -180,7 +198,8 @@ class _ProgressLog:
                  _fmt_time(eta))
     if self.writer is not None:
       self.writer.write_scalars(done, {f"train/{k}": v for k, v in scalars.items()})
-    self.restart_window()
+    self.pending = []
+    self.restart_timer()
 
 
 class Trainer:
@@ -257,9 +276,11 @@ class Trainer:
       if done % log_every == 0 or done == total:
         progress.log(done)
       if done % eval_every == 0 or done == total:
+        progress.check_finite(done)
         self._validate_and_save(done, (model, train_state), ckpts, eval_sets, writer)
-        progress.restart_window()  # keep eval and save time out of img/s
+        progress.restart_timer()
       elif STOP.stop_now(done, log_every):
+        progress.check_finite(done)
         ckpts.save(done, model, train_state)
         raise STOP.preempted(done, total, self.task.name)
 

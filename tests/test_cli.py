@@ -276,6 +276,22 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
   assert numbers(stopped) == numbers(whole)
 
 
+def test_a_diverging_run_stops_with_one_line_and_saves_nothing_after_it(tmp_path):
+  import re
+  r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
+           "--config.teacher_train.optimizer.lr=1e12", "--config.teacher_train.steps=40",
+           "--config.teacher_train.eval_every=2", "--config.teacher_train.log_every=1")
+  assert r.returncode == 2
+  last = r.stderr.strip().splitlines()[-1]
+  m = re.fullmatch(r"mlfd_jax: error: \[teacher/digits_a\] step (\d+): training went non-finite "
+                   r"\((\w+=(nan|inf|-inf)(, )?)+\); nothing from that step on is saved; lower "
+                   r"the learning rate or check the data \(MLFD_TRACEBACK=1 shows where\)", last)
+  assert m, last
+  saved = [int(p.name) for p in (tmp_path / "teachers" / "digits_a").iterdir() if p.name.isdigit()]
+  assert all(s < int(m.group(1)) for s in saved)
+  assert "Traceback" not in r.stderr and not (tmp_path / "results.json").exists()
+
+
 def test_kill_9_then_rerun_resumes(tmp_path):
   """Kill the teachers stage mid-training, rerun the same command, it resumes and finishes."""
   args = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
