@@ -17,6 +17,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from mlfd_jax.fileio import write_json_atomic
 
@@ -95,6 +97,39 @@ class Checkpoints:
         model=ocp.args.StandardRestore(abstract_model),
         train=ocp.args.StandardRestore(abstract_train)))
     return out["model"], out["train"]
+
+  def restore_latest_good(self, abstract_model: Any, abstract_train: Any
+                          ) -> tuple[int, Any, Any] | None:
+    """(step, model, train) of the latest step that restores, or None if none does.
+
+    A step that fails to restore (truncated or partly deleted files) is reported, moved out of
+    the manager's sight to `<directory>.damaged/<step>` (kept, never deleted), and the next
+    older step is tried."""
+    for step in reversed(self.steps()):
+      try:
+        return (step, *self.restore(step, abstract_model, abstract_train))
+      except Exception as e:  # orbax/tensorstore raise many kinds for a damaged step  # noqa: BLE001
+        logging.warning("checkpoint step %d in %s does not restore (%s: %s); moving it to %s "
+                        "and falling back to the previous step", step, self.directory,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "",
+                        self.damaged_dir)
+        self._set_aside(step)
+    return None
+
+  @property
+  def damaged_dir(self) -> str:
+    return self.directory + ".damaged"
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      os.makedirs(self.damaged_dir, exist_ok=True)
+      target = os.path.join(self.damaged_dir, str(step))
+      while os.path.exists(target):
+        target += "_"
+      os.replace(os.path.join(self.directory, str(step)), target)
+    multihost_utils.sync_global_devices(f"set aside {self.directory}/{step}") \
+        if jax.process_count() > 1 else None
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.close()

@@ -325,13 +325,14 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
                  ckpts.latest_step(), ckpt_dir)
     return ckpts, trainer
 
-  latest = ckpts.latest_step()
-  if latest is None:
+  restored = ckpts.restore_latest_good(*trainer.abstract()) if ckpts.steps() else None
+  if restored is None:
     ckpts.write_config({"meta": task.meta, "config": config_dict or {}})
     state = trainer.init(jax.random.key(seed))
     logging.info("[%s] training from scratch for %d steps -> %s", task.name, total, ckpt_dir)
   else:
-    state = ckpts.restore(latest, *trainer.abstract())
+    latest, *state = restored
+    state = tuple(state)
     logging.info("[%s] resuming at step %d/%d from %s", task.name, latest, total, ckpt_dir)
 
   start = int(jax.device_get(state[1]["step"]))

@@ -292,6 +292,25 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_after_it(tmp_path
   assert "Traceback" not in r.stderr and not (tmp_path / "results.json").exists()
 
 
+def test_a_damaged_latest_step_is_set_aside_and_the_run_resumes_from_the_previous(tmp_path):
+  args = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
+          "--config.teacher_train.eval_every=2"]
+  assert _cli(*args, "--config.teacher_train.steps=6").returncode == 0
+  step6 = tmp_path / "teachers" / "digits_a" / "6"
+  files = sorted(p.relative_to(step6) for p in step6.rglob("*") if p.is_file())
+  damaged = sorted(p for p in (step6 / "model").rglob("*") if p.is_file() and p.parent.name == "d")
+  assert damaged
+  for p in damaged:  # truncate the array data of the latest step's model
+    p.write_bytes(b"")
+  r = _cli(*args, "--config.teacher_train.steps=8")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"checkpoint step 6 in {step6.parent} does not restore" in r.stderr
+  assert "[teacher/digits_a] resuming at step 4/8" in r.stderr
+  kept = tmp_path / "teachers" / "digits_a.damaged" / "6"  # set aside whole, not deleted
+  assert sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file()) == files
+  assert (step6.parent / "8").is_dir()
+
+
 def test_kill_9_then_rerun_resumes(tmp_path):
   """Kill the teachers stage mid-training, rerun the same command, it resumes and finishes."""
   args = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
