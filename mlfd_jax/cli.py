@@ -114,17 +114,18 @@ def _check_override(key: str, value: str | None, keys: dict[str, Any]) -> None:
 
 def check_argv(argv: list[str], valid_stages: list[str]) -> None:
   """Raises EntryError for the first mistake in `argv`; returns if the flags look right."""
-  given, overrides = {}, []
+  given, overrides, wants_help = {}, [], False
   for name, value in _flag_items(argv):
-    if name.startswith("config."):
+    if name in ("help", "helpshort", "helpfull"):
+      wants_help = True
+    elif name.startswith("config."):
       overrides.append((name[len("config."):], value))
     elif name in FLAGS_TAKING_VALUES:
       given[name] = value
-    elif name not in BOOL_FLAGS and name.removeprefix("no") not in BOOL_FLAGS and \
-        name not in ("help", "helpshort", "helpfull"):
+    elif name not in BOOL_FLAGS and name.removeprefix("no") not in BOOL_FLAGS:
       valid = ", ".join(f"--{f}" for f in (*FLAGS_TAKING_VALUES, *BOOL_FLAGS))
       raise EntryError(f"unknown flag --{name}; valid: {valid}, --config.KEY=VALUE")
-  if any(n in ("help", "helpshort", "helpfull") for n, _ in _flag_items(argv)):
+  if wants_help:
     return  # absl prints the help
   for flag, example in (("config", "configs/digits.py"), ("workdir", "runs/digits")):
     if not given.get(flag):

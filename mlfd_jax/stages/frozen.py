@@ -30,6 +30,7 @@ class FrozenModels:
   def __init__(self, ctx: RunContext):
     self.ctx = ctx
     self._restored: dict[str, Any] = {}
+    self._teachers: list | None = None
     self._probes: dict[int, list] = {}
     self._digests: dict[int, str] = {}
 
@@ -66,8 +67,11 @@ class FrozenModels:
     self._restored[spec.directory] = variables
 
   def teachers(self) -> list:
-    """Every dataset's finished stage-1 teacher, in dataset order."""
-    return [self.restore(specs.teacher(self.ctx, n)) for n in self.ctx.names]
+    """Every dataset's finished stage-1 teacher, in dataset order (specs built and checkpoints
+    restored once; every frozen input that needs the teachers calls this)."""
+    if self._teachers is None:
+      self._teachers = [self.restore(specs.teacher(self.ctx, n)) for n in self.ctx.names]
+    return self._teachers
 
   def probes_for(self, index: int, models) -> list:
     """Per teacher: None where it shares dataset `index`'s label space, else its linear probe
