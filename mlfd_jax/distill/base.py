@@ -123,11 +123,11 @@ def build_method(distill_cfg, *, student_shapes: dict, teacher_shapes, total_ste
                                    teacher_shapes=teacher_shapes, total_steps=int(total_steps))
 
 
-def check_config(distill_cfg) -> None:
-  """Fails early, in one line, on an unknown method, bad options or a bad run name."""
-  cls = method_class(distill_cfg)
-  cls.generations(method_config(distill_cfg).options)
+def generations(distill_cfg) -> int:
+  """How many students the configured run trains per dataset, one after another; fails in one
+  line on an unknown method, bad options or a bad run name."""
   run_name(distill_cfg)
+  return method_class(distill_cfg).generations(method_config(distill_cfg).options)
 
 
 def run_name(distill_cfg) -> str:

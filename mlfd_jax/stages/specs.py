@@ -316,9 +316,7 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
   method's source and every later one from the previous generation's student alone.
   """
   c, dc = ctx.config, ctx.config.distill
-  distill.check_config(dc)
-  method_cls = distill_base.method_class(dc)
-  generations = method_cls.generations(distill_base.method_config(dc).options)
+  method_cls, generations = distill_base.method_class(dc), distill.generations(dc)
   index, ds = ctx.names.index(name), ctx.dataset(name)
   if generation > 0:
     source = _previous_generation(ctx, student(ctx, name, generation - 1))
@@ -365,10 +363,7 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
 
 def students(ctx: RunContext) -> list[ModelSpec]:
   """Every student of the configured run, generation by generation for each dataset."""
-  dc = ctx.config.distill
-  distill.check_config(dc)
-  generations = distill_base.method_class(dc).generations(
-      distill_base.method_config(dc).options)
+  generations = distill.generations(ctx.config.distill)
   return [student(ctx, name, g) for name in student_datasets(ctx) for g in range(generations)]
 
 
