@@ -1,0 +1,179 @@
+r"""Accuracy against training budget: does a gap close as every model trains longer?
+
+  python -m mlfd_jax.budgets 600=runs/tin/seed0 600=runs/tin/seed1 \
+      1200=runs/tin_b2/seed0 2400=runs/tin_b4/seed0 --out docs/tin/budgets
+
+Each argument is `STEPS=WORKDIR` (or `STEPS=results.json`): one run (one seed) made at that
+budget. For every dataset, `budgets.md` gives each model's test top-1 per budget (mean ± std,
+and each seed's value) and the paired per-seed difference of each compared model to `base`
+(default `individual`); `budgets.png` draws the same: one panel per dataset with every model's
+mean against steps (dots: the seeds), and one panel of the paired differences with a zero line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from mlfd_jax import report
+
+DEFAULT_MODELS = ("individual", "joint_teacher", "mlfd")
+
+
+def load(specs: list[str]) -> dict[int, list[dict]]:
+  """{steps: [run]} from `STEPS=PATH` arguments."""
+  by_budget: dict[int, list[dict]] = {}
+  for spec in specs:
+    steps, sep, path = spec.partition("=")
+    if not sep or not steps.isdigit() or int(steps) <= 0:
+      raise ValueError(f"argument {spec!r} is not STEPS=WORKDIR (e.g. 600=runs/tin/seed0)")
+    by_budget.setdefault(int(steps), []).extend(report.load_runs([path]))
+  return dict(sorted(by_budget.items()))
+
+
+def table(by_budget: dict[int, list[dict]], models: tuple[str, ...]
+          ) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+  """{dataset: {model: {steps: {seed label: test top-1}}}} for the requested models."""
+  out: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+  for steps, runs in by_budget.items():
+    for dataset, row in report.per_run(runs).items():
+      for model in models:
+        if model in row:
+          out.setdefault(dataset, {}).setdefault(model, {})[steps] = row[model]
+  return out
+
+
+def differences(values: dict, base: str) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
+  """{dataset: {model: {steps: {seed: model - base}}}}, over the seeds that hold both."""
+  out: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+  for dataset, row in values.items():
+    for model, by_steps in row.items():
+      if model == base or base not in row:
+        continue
+      for steps, by_seed in by_steps.items():
+        base_values = row[base].get(steps, {})
+        common = [s for s in by_seed if s in base_values]
+        if common:
+          out.setdefault(dataset, {}).setdefault(model, {})[steps] = {
+              s: by_seed[s] - base_values[s] for s in common}
+  return out
+
+
+def _summary(by_seed: dict[str, float], signed: bool) -> str:
+  mu, sd = report.mean_std(list(by_seed.values()))
+  fmt = "{:+.2f}" if signed else "{:.2f}"
+  text = fmt.format(100 * mu) + (f" ± {100 * sd:.2f}" if len(by_seed) > 1 else "")
+  if signed:
+    return text + f" ({sum(v > 0 for v in by_seed.values())} of {len(by_seed)} > 0)"
+  return text + f" (n={len(by_seed)})"
+
+
+def format_markdown(values: dict, diffs: dict, base: str) -> str:
+  seeds = sorted({s for row in values.values() for m in row.values() for b in m.values()
+                  for s in b})
+  head = ["| dataset | model | steps | mean ± std | " + " | ".join(seeds) + " |",
+          "|---|---|---|---|" + "---|" * len(seeds)]
+  lines = ["# Test top-1 (%) against training budget", "", *head]
+
+  def rows(source: dict, signed: bool, name) -> list[str]:
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    out = []
+    for dataset in sorted(source):
+      for model, by_steps in source[dataset].items():
+        for steps, by_seed in by_steps.items():
+          cells = [fmt.format(100 * by_seed[s]) if s in by_seed else "—" for s in seeds]
+          out.append(f"| {dataset} | {name(model)} | {steps} | {_summary(by_seed, signed)} | "
+                     + " | ".join(cells) + " |")
+    return out
+
+  lines += rows(values, False, lambda m: m)
+  lines += ["", f"## Paired difference to `{base}` (same seed and budget), points", "", *head]
+  lines += rows(diffs, True, lambda m: f"{m} − {base}")
+  return "\n".join(lines) + "\n"
+
+
+def plot(values: dict, diffs: dict, base: str, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  datasets = sorted(values)
+  models = report.methods_of(values)
+  colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+  fig, axes = plt.subplots(1, len(datasets) + 1, squeeze=False,
+                           figsize=(4.2 * (len(datasets) + 1), 3.8))
+
+  def draw(ax, by_steps, color, label, style="-", offset=0.0):
+    steps = sorted(by_steps)
+    means = [100 * np.mean(list(by_steps[s].values())) for s in steps]
+    ax.plot(steps, means, style, marker="o", color=color, label=label, markersize=4)
+    for s in steps:
+      ys = [100 * v for v in by_steps[s].values()]
+      ax.scatter([s * (1 + offset)] * len(ys), ys, color=color, s=10, alpha=0.5)
+
+  for ax, dataset in zip(axes[0], datasets):
+    for model in models:
+      if model in values[dataset]:
+        draw(ax, values[dataset][model], colors[model], model)
+    ax.set_title(dataset)
+    ax.set_ylabel("test top-1 (%)")
+  ax = axes[0][-1]
+  ax.axhline(0.0, color="black", linewidth=0.8)
+  styles = ("-", "--", ":", "-.")
+  for i, dataset in enumerate(sorted(diffs)):
+    for model, by_steps in diffs[dataset].items():
+      draw(ax, by_steps, colors[model], f"{dataset}: {model} − {base}",
+           style=styles[i % len(styles)], offset=0.03 * i)
+  ax.set_title(f"paired difference to {base}")
+  ax.set_ylabel("points")
+  budgets = sorted({s for row in values.values() for m in row.values() for s in m})
+  for ax in axes[0]:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("steps per model")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle("test top-1 against training budget (line: mean over seeds; dots: each seed)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(specs: list[str], out: str, models: tuple[str, ...], base: str) -> dict[str, str]:
+  values = table(load(specs), models)
+  if not values:
+    raise ValueError(f"none of the runs holds any of the models {', '.join(models)}")
+  diffs = differences(values, base)
+  os.makedirs(out, exist_ok=True)
+  files = {"md": os.path.join(out, "budgets.md"), "png": os.path.join(out, "budgets.png")}
+  with open(files["md"], "w") as f:
+    f.write(format_markdown(values, diffs, base))
+  plot(values, diffs, base, files["png"])
+  return files
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("runs", nargs="+", help="STEPS=WORKDIR, one per (budget, seed)")
+  parser.add_argument("--out", required=True, help="directory for budgets.md and budgets.png")
+  parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                      help="comma-separated report columns (individual, joint_teacher, mlfd, kd, ...)")
+  parser.add_argument("--base", default="individual", help="the model the others are paired with")
+  args = parser.parse_args(argv)
+  models = tuple(m for m in args.models.split(",") if m)
+  try:
+    files = write(args.runs, args.out, models, args.base)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"mlfd_jax.budgets: error: {e}", file=sys.stderr)
+    return 2
+  print(open(files["md"]).read())
+  print(f"wrote {files['md']} and {files['png']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,40 @@
+"""The budget report on hand-made results.json files, and its command line on a bad argument."""
+
+import json
+import subprocess
+import sys
+
+from mlfd_jax import budgets
+
+
+def _run(path, seed, teacher, student):
+  path.mkdir(parents=True)
+  entry = lambda v: {"val_top1": v, "test_top1": v, "test_top5": 1.0}
+  (path / "results.json").write_text(json.dumps({"config": "c.py", "seed": seed, "datasets": {
+      "a": {"num_classes": 10, "teacher": entry(teacher),
+            "student": {**entry(student), "method": "mlfd", "levels": "all"}}}}))
+  return str(path)
+
+
+def test_values_and_paired_differences_per_budget(tmp_path):
+  specs = [f"600={_run(tmp_path / 'b1s0', 0, 0.50, 0.45)}",
+           f"600={_run(tmp_path / 'b1s1', 1, 0.54, 0.47)}",
+           f"1200={_run(tmp_path / 'b2s0', 0, 0.60, 0.62)}"]
+  files = budgets.write(specs, str(tmp_path / "out"), ("individual", "mlfd"), "individual")
+  md = open(files["md"]).read()
+  # individual at 600 steps: mean 52, sample std of (50, 54) = 2.83; each seed beside it
+  assert "| a | individual | 600 | 52.00 ± 2.83 (n=2) | 50.00 | 54.00 |" in md
+  assert "| a | mlfd | 1200 | 62.00 (n=1) | 62.00 | — |" in md
+  # paired: seed 0 -5, seed 1 -7 at 600 steps; +2 at 1200
+  assert "| a | mlfd − individual | 600 | -6.00 ± 1.41 (0 of 2 > 0) | -5.00 | -7.00 |" in md
+  assert "| a | mlfd − individual | 1200 | +2.00 (1 of 1 > 0) | +2.00 | — |" in md
+  assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_argument_is_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "mlfd_jax.budgets", "runs/x", "--out",
+                         str(tmp_path / "out")], capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert proc.stderr == ("mlfd_jax.budgets: error: argument 'runs/x' is not STEPS=WORKDIR "
+                         "(e.g. 600=runs/tin/seed0)\n")
+  assert not (tmp_path / "out").exists()
