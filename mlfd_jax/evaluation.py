@@ -44,6 +44,10 @@ class Evaluator:
             "top5": metrics.topk_correct(logits, batch["label"], 5, mask),
             "count": jnp.sum(mask.astype(jnp.float32))}
 
+  def lower(self, model, batch, head: int = 0):
+    """The evaluation step lowered for one batch (`image`, `label`, `mask`) of head `head`."""
+    return self._eval.lower(model, self.frozen, batch, head)
+
   def evaluate(self, model, eval_set: EvalSet, split: str) -> dict[str, float]:
     """Top-1/top-5 of `model` on a split of `eval_set`, exact over padding and devices."""
     totals = {"top1": 0.0, "top5": 0.0, "count": 0.0}

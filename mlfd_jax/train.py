@@ -256,6 +256,11 @@ class Trainer:
   def step(self, model, train_state, batch, key):
     return self._step(model, train_state, self.task.frozen, batch, key)
 
+  def lower(self, model, train_state, batch, key):
+    """The step lowered for these inputs: `.compile()` gives the program that `step` runs,
+    with XLA's cost and memory analysis (benchmarks/throughput.py)."""
+    return self._step.lower(model, train_state, self.task.frozen, batch, key)
+
   def train(self, state: tuple[dict, dict], batches, ckpts: checkpoint.Checkpoints,
             eval_sets: list[EvalSet], writer: Writer | None, base_key) -> None:
     """Steps from the state's step to `total_steps`: logs every `log_every`, validates and

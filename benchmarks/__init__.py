@@ -1,0 +1,1 @@
+"""Speed measurements of the pipeline's steps, side by side with a PyTorch reference."""
