@@ -36,14 +36,16 @@ def distill_block(*, method: str = "mlfd", levels: str = "all", w_kd: float = 0.
   with options of its own gets its sub-block (`amtml`, `feed`) filled from the defaults it
   declares (`Method.OPTIONS`, from its paper's code); `probe_steps`/`probe_examples` size the
   linear probes that give teachers of other datasets logits on the student's classes
-  (stages/probes.py).
+  (stages/probes.py). `precompute_targets` computes the joint teacher's outputs once on the
+  un-augmented training images instead of on every step's augmented view (the reference
+  code's trade-off; stages/precomputed.py).
   """
   from mlfd_jax.distill import METHODS  # local: configs import this module before jax work
 
   block = ml_collections.ConfigDict(dict(
       method=method, name="", levels=levels, w_kd=w_kd, w_feat=w_feat, w_ce=w_ce,
       temperature=temperature, label_smoothing=label_smoothing,
-      probe_steps=300, probe_examples=10000))
+      probe_steps=300, probe_examples=10000, precompute_targets=False))
   for cls in METHODS.values():
     if cls.options_key and cls.options_key not in block:
       block[cls.options_key] = dict(cls.OPTIONS)

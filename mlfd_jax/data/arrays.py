@@ -59,7 +59,10 @@ class ArrayDataset:
     rows = process_index * b + np.arange(b)
     step = int(start_step)
     while True:
-      yield self._take("train", perm(step * global_batch + rows))
+      idx = perm(step * global_batch + rows)
+      # `index`: each row's position in the train split, for outputs precomputed per example
+      # (stages/precomputed.py).
+      yield {**self._take("train", idx), "index": idx.astype(np.int32)}
       step += 1
 
   def eval_batches(self, split: str, global_batch: int, process_index: int = 0,

@@ -19,12 +19,12 @@ import numpy as np
 from mlfd_jax import data, distill, modelfn, train
 from mlfd_jax.data import augment
 from mlfd_jax.distill import base as distill_base
-from mlfd_jax.evaluation import EvalSet
+from mlfd_jax.evaluation import EvalSet, eval_batch_size
 from mlfd_jax.functional import linear_apply
 from mlfd_jax.joint_teacher import JointTeacher
 from mlfd_jax.models import MAP_LEVELS, FeatureSpace, feature_space
 from mlfd_jax.models.fusion import FusionHead
-from mlfd_jax.stages import probes
+from mlfd_jax.stages import precomputed, probes
 
 if TYPE_CHECKING:
   from mlfd_jax.stages.context import RunContext
@@ -222,12 +222,12 @@ class Student:
   """A student as its loss sees it: its network, its method, and what it learns from."""
   fn: modelfn.ModelFn
   method: distill.Method
-  teacher_out: Callable[[Any, jax.Array], Any]  # (frozen, images) -> the method's `teacher`
+  teacher_out: Callable[[Any, dict], Any]  # (frozen, batch) -> the method's `teacher`
 
 
 @dataclasses.dataclass
 class _Source:
-  teacher_out: Callable[[Any, jax.Array], Any]
+  teacher_out: Callable[[Any, dict], Any]
   shapes: Any                    # the joint teacher's level shapes, or a list per teacher
   frozen: Callable[[], Any]
 
@@ -244,11 +244,11 @@ def student_datasets(ctx: RunContext) -> list[str]:
 
 
 def teachers_out(models: list[tuple[modelfn.ModelFn, int]]):
-  """teacher_out(frozen, images) for `Source.TEACHERS`: each model's (logits, feats), the
+  """teacher_out(frozen, batch) for `Source.TEACHERS`: each model's (logits, feats), the
   logits through its probe where `frozen['probes']` has one."""
 
-  def out(frozen, images):
-    outs = []
+  def out(frozen, batch):
+    images, outs = batch["image"], []
     for (fn, size), tv, probe in zip(models, frozen["teachers"], frozen["probes"]):
       logits, feats, _ = fn.apply(tv, augment.fit(images, size), train=False)
       if probe is not None:
@@ -263,15 +263,28 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
   target, heads = [(t, h) for t, h in joint_targets(ctx) if index in h][0]
   model, head = joint_model(ctx, heads), heads.index(index)
 
-  def out(frozen, images):
-    jv = frozen["joint"]
+  def outputs(variables, images):
+    jv = variables["joint"]
     logits, feats, _ = model.apply(jv["params"], jv["model_state"],
-                                   {"teachers": frozen["teachers"]}, images, train=False)
-    return jax.lax.stop_gradient((logits[head], feats))
+                                   {"teachers": variables["teachers"]}, images, train=False)
+    return logits[head], feats
 
-  return _Source(out, model.level_shapes,
-                 lambda: {"joint": ctx.frozen.restore(joint(ctx, target, heads)),
-                          "teachers": ctx.frozen.teachers()})
+  def variables():
+    return {"joint": ctx.frozen.restore(joint(ctx, target, heads)),
+            "teachers": ctx.frozen.teachers()}
+
+  if not ctx.config.distill.get("precompute_targets", False):
+    return _Source(lambda frozen, batch: jax.lax.stop_gradient(outputs(frozen, batch["image"])),
+                   model.level_shapes, variables)
+
+  def table():
+    name = ctx.names[index]
+    return {"targets": precomputed.table(outputs, variables(), ctx.dataset(name), ctx.mesh,
+                                         eval_batch_size(ctx.config.student_train),
+                                         what=f"the joint teacher's targets for {name}")}
+
+  return _Source(lambda frozen, batch: precomputed.gather(frozen["targets"], batch["index"]),
+                 model.level_shapes, table)
 
 
 def _teachers_source(ctx: RunContext, index: int, method_cls) -> _Source:
@@ -318,6 +331,11 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
   c, dc = ctx.config, ctx.config.distill
   method_cls, generations = distill_base.method_class(dc), distill.generations(dc)
   index, ds = ctx.names.index(name), ctx.dataset(name)
+  precompute = bool(dc.get("precompute_targets", False))
+  if precompute and method_cls.source is not distill.Source.JOINT:
+    raise ValueError(f"distill.precompute_targets precomputes the joint teacher's outputs, but "
+                     f"distill.method={dc.method!r} learns from the stage-1 teachers; use it "
+                     f"with {', '.join(distill_base.joint_methods())} or set it False")
   if generation > 0:
     source = _previous_generation(ctx, student(ctx, name, generation - 1))
   elif method_cls.source is distill.Source.JOINT:
@@ -354,7 +372,7 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
       label=f"{dirname}/{name}", stage="students", dirname=dirname, name=name,
       model=Student(fn, method, source.teacher_out), init=init, predict=predict,
       meta={"student": block, "num_classes": ds.num_classes, "image_size": ds.image_size,
-            "method": dc.method},
+            "method": dc.method, "precompute_targets": precompute},
       train_cfg=c.student_train, num_train_examples=ds.num_examples("train"),
       train_data=lambda: ds, eval_sets=[EvalSet(name, ds)], results_key=key,
       seed=c.seed + index + 1000 * generation, pad=int(ds.pad), flip=bool(ds.flip),

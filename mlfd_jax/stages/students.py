@@ -29,7 +29,7 @@ def distillation_loss(student: specs.Student):
         {"params": params["student"], "model_state": model_state["student"]}, batch["image"],
         train=True, key=key)
     total, terms = student.method.loss(params["method"], student=(z_s, f_s),
-                                       teacher=student.teacher_out(frozen, batch["image"]),
+                                       teacher=student.teacher_out(frozen, batch),
                                        labels=batch["label"], step=batch.get("step"))
     terms["top1"] = (z_s.argmax(-1) == batch["label"]).mean()
     return total, ({"student": new_state}, terms)

@@ -1,0 +1,56 @@
+"""The joint teacher's outputs on every training image, computed once
+(`distill.precompute_targets`).
+
+The reference code's trade-off: the frozen joint teacher (with its frozen teachers) runs once
+over the un-augmented training images, and each student step reads its targets by example index
+instead of running it again on that step's augmented view. A student step then runs the student
+alone, but its targets no longer see the crop and flip the student sees (benchmarks/RESULTS.md
+measures both effects). Only in-memory datasets (npz, sklearn digits) qualify: their training
+batches carry each row's `index`; a table that would not fit in memory is refused up front.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from mlfd_jax import parallel
+from mlfd_jax.data import arrays, augment
+
+MAX_BYTES = 4 * 2 ** 30  # a table above this is refused: it is held on every device
+
+
+def table(outputs: Callable[[Any, jax.Array], Any], variables, dataset, mesh, batch_size: int,
+          what: str):
+  """`outputs(variables, normalised images)` for every row of `dataset`'s train split, in row
+  order, as arrays replicated on `mesh` (a pytree of [N, ...])."""
+  if not isinstance(dataset, arrays.ArrayDataset):
+    raise ValueError(f"distill.precompute_targets needs an in-memory dataset (npz or "
+                     f"sklearn_digits); {dataset.name!r} streams through tf.data; set "
+                     f"--config.distill.precompute_targets=False")
+  n = dataset.num_examples("train")
+  per_example = jax.eval_shape(outputs, variables, jax.ShapeDtypeStruct(
+      (1, dataset.image_size, dataset.image_size, 3), np.float32))
+  size = n * sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(per_example))
+  if size > MAX_BYTES:
+    raise ValueError(f"distill.precompute_targets: {what} on the {n} training images of "
+                     f"{dataset.name!r} would take {size / 2 ** 30:.1f} GiB on every device (at "
+                     f"most {MAX_BYTES / 2 ** 30:.0f}); set --config.distill.precompute_targets="
+                     f"False")
+  repl = parallel.replicated(mesh)
+  run = jax.jit(lambda v, images: outputs(v, augment.normalize(images)),
+                in_shardings=(repl, parallel.data_sharding(mesh)), out_shardings=repl)
+  parts = []
+  for batch in dataset.eval_batches("train", batch_size, process_index=jax.process_index(),
+                                    process_count=jax.process_count()):
+    images = parallel.to_global({"image": batch["image"]}, mesh)["image"]
+    parts.append(jax.device_get(run(variables, images)))
+  rows = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)
+  return jax.device_put(rows, repl)
+
+
+def gather(rows, index: jax.Array):
+  """The table's rows of a batch (`index`: each example's position in the train split)."""
+  return jax.tree.map(lambda x: x[index], rows)

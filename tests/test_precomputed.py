@@ -1,0 +1,76 @@
+"""`distill.precompute_targets`: the joint teacher's outputs computed once per training image and
+read by index give the same student loss as running it live, when the view is not augmented."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from mlfd_jax import parallel, train
+from mlfd_jax.data import augment
+from mlfd_jax.stages import precomputed, specs, students
+from mlfd_jax.stages.context import RunContext
+
+
+def _student(config, precompute, method="mlfd"):
+  config.distill.method, config.distill.precompute_targets = method, precompute
+  ctx = RunContext(config, "")
+  for i, spec in enumerate(specs.teachers(ctx)):
+    ctx.frozen.put(spec, spec.init(jax.random.key(i)))
+  joint = specs.joints(ctx)[0]
+  ctx.frozen.put(joint, joint.init(jax.random.key(7)))
+  return ctx, specs.student(ctx, "digits_a")
+
+
+def _first_losses(ctx, spec, steps=2):
+  task = spec.task(students.distillation_loss(spec.model), students.method_gate(spec.model))
+  task = dataclasses.replace(task, pad=0, flip=False)  # the view the targets were computed on
+  mesh = parallel.make_mesh(jax.device_count())
+  trainer = train.Trainer(task, spec.train_cfg, mesh, total_steps=10)
+  model, state = trainer.init(jax.random.key(0))
+  key = parallel.replicated_key(1, mesh)
+  batches = spec.train_data().train_batches(16, seed=0)
+  out = []
+  for _ in range(steps):
+    model, state, metrics = trainer.step(model, state, parallel.to_global(next(batches), mesh),
+                                         key)
+    out.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return out
+
+
+def test_table_rows_are_the_joint_teachers_outputs_on_each_image(digits_config):
+  ctx, spec = _student(digits_config, precompute=True)
+  rows = spec.frozen()["targets"]
+  ds = ctx.dataset("digits_a")
+  n = ds.num_examples("train")
+  logits, feats = rows
+  assert logits.shape == (n, 4) and feats["stage4"].shape[0] == n
+  pick = np.array([0, 5, n - 1])
+  _, direct = _student(digits_config, precompute=False)
+  images = augment.normalize(ds.arrays("train")["image"][pick])
+  want_logits, want_feats = direct.model.teacher_out(direct.frozen(), {"image": images})
+  got_logits, got_feats = precomputed.gather(rows, pick)
+  np.testing.assert_allclose(got_logits, want_logits, rtol=1e-4, atol=1e-5)
+  for level in want_feats:
+    np.testing.assert_allclose(got_feats[level], want_feats[level], rtol=1e-4, atol=1e-5)
+
+
+def test_same_loss_as_live_targets_on_an_unaugmented_view(digits_config):
+  live = _first_losses(*_student(digits_config, precompute=False))
+  pre = _first_losses(*_student(digits_config, precompute=True))
+  for a, b in zip(live, pre):
+    assert set(a) == set(b)
+    for k in a:
+      if k != "lr":
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  assert live[1]["loss"] != live[0]["loss"]  # it trained
+
+
+def test_refused_for_a_method_that_learns_from_the_teachers(digits_config):
+  with pytest.raises(ValueError) as e:
+    _student(digits_config, precompute=True, method="avg_kd")
+  assert str(e.value) == (
+      "distill.precompute_targets precomputes the joint teacher's outputs, but "
+      "distill.method='avg_kd' learns from the stage-1 teachers; use it with kd, mlfd, "
+      "mlfd_last or set it False")
