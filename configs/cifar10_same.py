@@ -16,7 +16,8 @@ dataset gets students (`student_datasets`); MLFD's joint teacher fuses all three
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, run_keys, train_block
+from mlfd_jax.config_lib import (distill_block, joint_block, model_block, parse_arg, run_keys,
+                                 train_block)
 
 TEACHERS = {"cifar10_resnet18": model_block("resnet18", width=0.125),
             "cifar10_convnext": model_block("convnext_atto", width=0.25),
@@ -50,8 +51,7 @@ def get_config(arg=None):
   c.teacher_train = train_block(steps=steps["teacher"], batch_size=64, optimizer="adamw",
                                 lr=2e-3, weight_decay=0.05, warmup_steps=0 if tiny else 50,
                                 eval_every=every)
-  c.joint = dict(mode="all", fusion_level="stage3", width=64, dropout=0.2,
-                 shape_like="cifar10_resnet18", finetune_teachers=False)
+  c.joint = joint_block(shape_like="cifar10_resnet18")
   c.joint_train = train_block(steps=steps["joint"], batch_size=64, optimizer="adamw", lr=2e-3,
                               weight_decay=0.05, eval_every=every)
   c.student_train = c.teacher_train.copy_and_resolve_references()

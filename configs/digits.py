@@ -11,7 +11,8 @@ a small width). Runs every stage on 2 CPU cores in minutes; no download.
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, run_keys, train_block
+from mlfd_jax.config_lib import (distill_block, joint_block, model_block, parse_arg, run_keys,
+                                 train_block)
 from mlfd_jax.data.subsets import class_subsets
 
 NAMES = ("digits_a", "digits_b", "digits_c")
@@ -40,8 +41,7 @@ def get_config(arg=None):
 
   # Stage 2: the joint teacher fuses the teachers' stage2 maps and emits student-shaped maps at
   # stage2..stage4 plus the pooled vector; its shapes follow digits_a's student.
-  c.joint = dict(mode="all", fusion_level="stage2", width=16, dropout=0.2, shape_like="",
-                 finetune_teachers=False)
+  c.joint = joint_block(fusion_level="stage2", width=16)
   c.joint_train = train_block(steps=4 if tiny else 250, batch_size=64, optimizer="adamw",
                               lr=2e-3, weight_decay=0.05, eval_every=2 if tiny else 125,
                               log_every=2 if tiny else 50)

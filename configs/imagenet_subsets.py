@@ -19,8 +19,8 @@ bf16 compute, fp32 parameters). The data must already be prepared for TFDS: set
 
 import ml_collections
 
-from mlfd_jax.config_lib import (apply_setting, distill_block, model_block, parse_arg,
-                                 run_keys, train_block)
+from mlfd_jax.config_lib import (apply_setting, distill_block, joint_block, model_block,
+                                 parse_arg, run_keys, train_block)
 from mlfd_jax.data.subsets import class_subsets
 
 NUM_CLASSES = 1000
@@ -61,8 +61,7 @@ def get_config(arg=None):
                        eval_every=2000, log_every=100, dtype="bfloat16", **kw)
 
   c.teacher_train = phase(90)
-  c.joint = dict(mode="all", fusion_level="stage3", width=512, dropout=0.2, shape_like="",
-                 finetune_teachers=False)
+  c.joint = joint_block(width=512)
   c.joint_train = phase(30)
   c.student_train = phase(90)
   c.distill = distill_block()

@@ -11,7 +11,8 @@ official val/ must first be sorted into class folders). Student of each dataset 
 
 import ml_collections
 
-from mlfd_jax.config_lib import distill_block, model_block, parse_arg, run_keys, train_block
+from mlfd_jax.config_lib import (distill_block, joint_block, model_block, parse_arg, run_keys,
+                                 train_block)
 
 
 def get_config(arg=None):
@@ -43,8 +44,7 @@ def get_config(arg=None):
                        log_every=100, **kw)
 
   c.teacher_train = phase(100, optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=2000)
-  c.joint = dict(mode="all", fusion_level="stage3", width=256, dropout=0.2,
-                 shape_like="cifar100", finetune_teachers=False)
+  c.joint = joint_block(width=256, shape_like="cifar100")
   c.joint_train = phase(30, optimizer="adamw", lr=1e-3, weight_decay=0.05)
   c.student_train = phase(100, optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_steps=2000)
   c.distill = distill_block()

@@ -14,8 +14,8 @@ on 2 CPU cores, in minutes per model. `data_root` moves all three files at once.
 
 import ml_collections
 
-from mlfd_jax.config_lib import (apply_setting, distill_block, model_block, parse_arg,
-                                 run_keys, train_block)
+from mlfd_jax.config_lib import (apply_setting, distill_block, joint_block, model_block,
+                                 parse_arg, run_keys, train_block)
 
 FILES = {"cifar10": ("cifar10_subset.npz", True), "fashion_mnist": ("fashion_mnist.npz", True),
          "mnist": ("mnist.npz", False)}
@@ -45,8 +45,7 @@ def get_config(arg=None):
   every = 3 if tiny else 200
   c.teacher_train = train_block(steps=steps["teacher"], batch_size=64, lr=0.1,
                                 warmup_steps=0 if tiny else 50, eval_every=every)
-  c.joint = dict(mode="all", fusion_level="stage3", width=64, dropout=0.2, shape_like="",
-                 finetune_teachers=False)
+  c.joint = joint_block()
   c.joint_train = train_block(steps=steps["joint"], batch_size=64, optimizer="adamw", lr=2e-3,
                               weight_decay=0.05, eval_every=every)
   c.student_train = train_block(steps=steps["student"], batch_size=64, lr=0.1,

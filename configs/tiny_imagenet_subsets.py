@@ -24,8 +24,8 @@ alone (wider teachers, students kept small); `budget` multiplies every stage's s
 
 import ml_collections
 
-from mlfd_jax.config_lib import (apply_setting, distill_block, model_block, parse_arg,
-                                 run_keys, train_block)
+from mlfd_jax.config_lib import (apply_setting, distill_block, joint_block, model_block,
+                                 parse_arg, run_keys, train_block)
 from mlfd_jax.data.subsets import class_subsets
 
 NUM_CLASSES = 30
@@ -76,8 +76,7 @@ def get_config(arg=None):
                                 warmup_steps=0 if tiny else 50,
                                 eval_every=every(steps["teacher"]), log_every=every(
                                     steps["teacher"]))
-  c.joint = dict(mode="all", fusion_level="stage3", width=64, dropout=0.2, shape_like="",
-                 finetune_teachers=False)
+  c.joint = joint_block()
   c.joint_train = train_block(steps=steps["joint"], batch_size=batch, optimizer="adamw",
                               lr=2e-3, weight_decay=0.05, eval_every=every(steps["joint"]),
                               log_every=every(steps["joint"]))

@@ -27,6 +27,19 @@ def train_block(*, steps: int = 0, epochs: float = 0.0, batch_size: int = 128,
   return block
 
 
+def joint_block(*, mode: str = "all", fusion_level: str = "stage3", width: int = 64,
+                dropout: float = 0.2, shape_like: str = "", finetune_teachers: bool = False,
+                precompute_teachers: bool = False) -> ml_collections.ConfigDict:
+  """Stage 2's joint teacher: `mode` (`all`: the paper; `per_dataset`: the reference code), the
+  fusion level, the fusion width, the head's dropout, the reference student (`shape_like`,
+  default the first dataset), whether the teachers fine-tune, and whether their fusion-level
+  maps are computed once on the un-augmented training images (`precompute_teachers`, the
+  reference code's trade-off; stages/precomputed.py) instead of on every step's view."""
+  return ml_collections.ConfigDict(dict(
+      mode=mode, fusion_level=fusion_level, width=width, dropout=dropout, shape_like=shape_like,
+      finetune_teachers=finetune_teachers, precompute_teachers=precompute_teachers))
+
+
 def distill_block(*, method: str = "mlfd", levels: str = "all", w_kd: float = 0.6,
                   w_feat: float = 0.2, w_ce: float = 0.2, temperature: float = 2.0,
                   label_smoothing: float = 0.0, **overrides) -> ml_collections.ConfigDict:

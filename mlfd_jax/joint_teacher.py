@@ -47,9 +47,12 @@ class JointTeacher:
     v = self.fusion.init(key)
     return {"params": {"fusion": v["params"]}, "model_state": {"fusion": v["model_state"]}}
 
-  def apply(self, params, model_state, frozen, images, *, train: bool, key=None):
-    """Returns (logits per head, fused levels, new model_state)."""
-    maps = self.teacher_maps(self.split_teachers(params, frozen), images)
+  def apply(self, params, model_state, frozen, images, *, train: bool, key=None, maps=None):
+    """Returns (logits per head, fused levels, new model_state). `maps`: the teachers'
+    fusion-level maps of these images, precomputed (joint.precompute_teachers); None runs the
+    teachers."""
+    if maps is None:
+      maps = self.teacher_maps(self.split_teachers(params, frozen), images)
     logits, feats, new_state = self.fusion.apply(
         {"params": params["fusion"], "model_state": model_state["fusion"]}, maps, train=train,
         key=key)

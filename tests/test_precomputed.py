@@ -1,5 +1,6 @@
-"""`distill.precompute_targets`: the joint teacher's outputs computed once per training image and
-read by index give the same student loss as running it live, when the view is not augmented."""
+"""`distill.precompute_targets` and `joint.precompute_teachers`: frozen outputs computed once per
+training image and read by index give the same loss as running the frozen models live, when the
+view is not augmented."""
 
 import dataclasses
 
@@ -9,6 +10,7 @@ import pytest
 
 from mlfd_jax import parallel, train
 from mlfd_jax.data import augment
+from mlfd_jax.stages import joint as joint_stage
 from mlfd_jax.stages import precomputed, specs, students
 from mlfd_jax.stages.context import RunContext
 
@@ -23,8 +25,9 @@ def _student(config, precompute, method="mlfd"):
   return ctx, specs.student(ctx, "digits_a")
 
 
-def _first_losses(ctx, spec, steps=2):
-  task = spec.task(students.distillation_loss(spec.model), students.method_gate(spec.model))
+def _first_losses(ctx, spec, steps=2, task=None):
+  task = task or spec.task(students.distillation_loss(spec.model),
+                           students.method_gate(spec.model))
   task = dataclasses.replace(task, pad=0, flip=False)  # the view the targets were computed on
   mesh = parallel.make_mesh(jax.device_count())
   trainer = train.Trainer(task, spec.train_cfg, mesh, total_steps=10)
@@ -74,3 +77,34 @@ def test_refused_for_a_method_that_learns_from_the_teachers(digits_config):
       "distill.precompute_targets precomputes the joint teacher's outputs, but "
       "distill.method='avg_kd' learns from the stage-1 teachers; use it with kd, mlfd, "
       "mlfd_last or set it False")
+
+
+def _joint(config, precompute, finetune=False):
+  config.joint.precompute_teachers, config.joint.finetune_teachers = precompute, finetune
+  ctx = RunContext(config, "")
+  for i, spec in enumerate(specs.teachers(ctx)):
+    ctx.frozen.put(spec, spec.init(jax.random.key(i)))
+  spec = specs.joints(ctx)[0]
+  return ctx, spec, joint_stage.joint_task(ctx, "joint", [0, 1, 2])
+
+
+def test_joint_teacher_same_loss_from_precomputed_teacher_maps(digits_config):
+  ctx, spec, task = _joint(digits_config, precompute=False)
+  live = _first_losses(ctx, spec, task=task)
+  ctx, spec, task = _joint(digits_config, precompute=True)
+  maps = task.frozen["maps"]
+  assert len(maps) == 3 and maps[0].shape[0] == spec.train_data().num_examples("train")
+  pre = _first_losses(ctx, spec, task=task)
+  for a, b in zip(live, pre):
+    for k in a:
+      if k != "lr":
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  assert live[1]["loss"] != live[0]["loss"]
+
+
+def test_precomputed_maps_refused_with_fine_tuned_teachers(digits_config):
+  with pytest.raises(ValueError) as e:
+    _joint(digits_config, precompute=True, finetune=True)
+  assert str(e.value) == (
+      "joint.precompute_teachers computes the frozen teachers' maps once, but "
+      "joint.finetune_teachers=True trains the teachers; set one of them False")

@@ -1,11 +1,12 @@
-"""The joint teacher's outputs on every training image, computed once
-(`distill.precompute_targets`).
+"""Frozen models' outputs on every training image, computed once: the joint teacher's targets
+for the students (`distill.precompute_targets`) and the teachers' fusion-level maps for the
+joint teacher (`joint.precompute_teachers`).
 
-The reference code's trade-off: the frozen joint teacher (with its frozen teachers) runs once
-over the un-augmented training images, and each student step reads its targets by example index
-instead of running it again on that step's augmented view. A student step then runs the student
-alone, but its targets no longer see the crop and flip the student sees (benchmarks/RESULTS.md
-measures both effects). Only in-memory datasets (npz, sklearn digits) qualify: their training
+The reference code's trade-off: the frozen part runs once over the un-augmented training images,
+and each step reads its outputs by example index instead of running it again on that step's
+augmented view. A student step then runs the student alone (a joint-teacher step, the fusion
+layers alone), but what it learns from no longer sees the crop and flip its input got
+(benchmarks/RESULTS.md measures both effects). Only in-memory datasets (npz, sklearn digits) qualify: their training
 batches carry each row's `index`; a table that would not fit in memory is refused up front.
 """
 
@@ -23,22 +24,21 @@ MAX_BYTES = 4 * 2 ** 30  # a table above this is refused: it is held on every de
 
 
 def table(outputs: Callable[[Any, jax.Array], Any], variables, dataset, mesh, batch_size: int,
-          what: str):
+          what: str, key: str):
   """`outputs(variables, normalised images)` for every row of `dataset`'s train split, in row
-  order, as arrays replicated on `mesh` (a pytree of [N, ...])."""
+  order, as arrays replicated on `mesh` (a pytree of [N, ...]); `key` is the config switch that
+  asked for it (named in errors)."""
   if not isinstance(dataset, arrays.ArrayDataset):
-    raise ValueError(f"distill.precompute_targets needs an in-memory dataset (npz or "
-                     f"sklearn_digits); {dataset.name!r} streams through tf.data; set "
-                     f"--config.distill.precompute_targets=False")
+    raise ValueError(f"{key} needs an in-memory dataset (npz or sklearn_digits); "
+                     f"{dataset.name!r} streams through tf.data; set --config.{key}=False")
   n = dataset.num_examples("train")
   per_example = jax.eval_shape(outputs, variables, jax.ShapeDtypeStruct(
       (1, dataset.image_size, dataset.image_size, 3), np.float32))
   size = n * sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(per_example))
   if size > MAX_BYTES:
-    raise ValueError(f"distill.precompute_targets: {what} on the {n} training images of "
-                     f"{dataset.name!r} would take {size / 2 ** 30:.1f} GiB on every device (at "
-                     f"most {MAX_BYTES / 2 ** 30:.0f}); set --config.distill.precompute_targets="
-                     f"False")
+    raise ValueError(f"{key}: {what} on the {n} training images of {dataset.name!r} would "
+                     f"take {size / 2 ** 30:.1f} GiB on every device (at most "
+                     f"{MAX_BYTES / 2 ** 30:.0f}); set --config.{key}=False")
   repl = parallel.replicated(mesh)
   run = jax.jit(lambda v, images: outputs(v, augment.normalize(images)),
                 in_shardings=(repl, parallel.data_sharding(mesh)), out_shardings=repl)

@@ -186,6 +186,20 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
   model, datasets = joint_model(ctx, heads), ctx.datasets()
   members = [datasets[i] for i in heads]
   teacher_vars = lambda: ctx.frozen.teachers()  # noqa: E731
+  train_data = lambda: data.mix(members) if len(members) > 1 else members[0]  # noqa: E731
+  precompute = bool(jc.precompute_teachers)
+  if precompute and model.finetune:
+    raise ValueError("joint.precompute_teachers computes the frozen teachers' maps once, but "
+                     "joint.finetune_teachers=True trains the teachers; set one of them False")
+
+  def frozen():
+    if not precompute:
+      return {"teachers": teacher_vars()}
+    maps = precomputed.table(
+        lambda tv, images: model.teacher_maps(tv, images), teacher_vars(), train_data(),
+        ctx.mesh, eval_batch_size(c.joint_train),
+        what=f"the teachers' {jc.fusion_level} maps", key="joint.precompute_teachers")
+    return {"teachers": teacher_vars(), "maps": maps}
 
   def init(key):
     v = model.init(key)
@@ -200,16 +214,16 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
           "heads": [ctx.names[i] for i in heads],
           "num_classes": [d.num_classes for d in members],
           "fusion": {k: jc[k] for k in ("fusion_level", "width", "shape_like", "mode")},
-          "finetune_teachers": bool(jc.finetune_teachers),
+          "finetune_teachers": bool(jc.finetune_teachers), "precompute_teachers": precompute,
           "reference_student": reference_student(ctx)[0]}
   return ModelSpec(
       what="joint teacher", label="joint", stage="joint", dirname="joint", name=target, model=model,
       init=init, predict=predict, meta=meta, train_cfg=c.joint_train,
       num_train_examples=sum(d.num_examples("train") for d in members),
-      train_data=lambda: data.mix(members) if len(members) > 1 else members[0],
+      train_data=train_data,
       eval_sets=[EvalSet(ctx.names[i], datasets[i], head=h) for h, i in enumerate(heads)],
       results_key="joint_teacher", seed=c.seed, pad=min(int(d.pad) for d in members),
-      flip=all(d.flip for d in members), frozen=lambda: {"teachers": teacher_vars()})
+      flip=all(d.flip for d in members), frozen=frozen)
 
 
 def joints(ctx: RunContext) -> list[ModelSpec]:
@@ -273,7 +287,7 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
     return {"joint": ctx.frozen.restore(joint(ctx, target, heads)),
             "teachers": ctx.frozen.teachers()}
 
-  if not ctx.config.distill.get("precompute_targets", False):
+  if not ctx.config.distill.precompute_targets:
     return _Source(lambda frozen, batch: jax.lax.stop_gradient(outputs(frozen, batch["image"])),
                    model.level_shapes, variables)
 
@@ -281,7 +295,8 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
     name = ctx.names[index]
     return {"targets": precomputed.table(outputs, variables(), ctx.dataset(name), ctx.mesh,
                                          eval_batch_size(ctx.config.student_train),
-                                         what=f"the joint teacher's targets for {name}")}
+                                         what=f"the joint teacher's targets for {name}",
+                                         key="distill.precompute_targets")}
 
   return _Source(lambda frozen, batch: precomputed.gather(frozen["targets"], batch["index"]),
                  model.level_shapes, table)
@@ -331,7 +346,7 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
   c, dc = ctx.config, ctx.config.distill
   method_cls, generations = distill_base.method_class(dc), distill.generations(dc)
   index, ds = ctx.names.index(name), ctx.dataset(name)
-  precompute = bool(dc.get("precompute_targets", False))
+  precompute = bool(dc.precompute_targets)
   if precompute and method_cls.source is not distill.Source.JOINT:
     raise ValueError(f"distill.precompute_targets precomputes the joint teacher's outputs, but "
                      f"distill.method={dc.method!r} learns from the stage-1 teachers; use it "
