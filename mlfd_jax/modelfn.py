@@ -37,6 +37,7 @@ class ModelFn:
     abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     self.graphdef, self._params_t, self._state_t = nnx.split(abstract, nnx.Param, ...)
     self.level_names = tuple(getattr(abstract, "level_names", ()))
+    self.shapes_by_size: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}  # level_shapes
 
   def init(self, key) -> dict[str, Any]:
     model = self._make(nnx.Rngs(key))
@@ -68,10 +69,14 @@ def from_config(model_cfg, *, num_classes: int, image_size: int, dtype=jnp.float
 
 def level_shapes(model: ModelFn, image_size: int, *, channels: int = 3
                  ) -> dict[str, tuple[int, ...]]:
-  """`{level: per-example shape}` of a model's features at `image_size`, without computing."""
-  def forward(key):
-    x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
-    return model.apply(model.init(key), x, train=False)[1]
+  """`{level: per-example shape}` of a model's features at `image_size`, without computing;
+  traced once per model and size (building a run's specs asks for the same shapes often)."""
+  if (image_size, channels) not in model.shapes_by_size:
+    def forward(key):
+      x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+      return model.apply(model.init(key), x, train=False)[1]
 
-  feats = jax.eval_shape(forward, jax.random.key(0))
-  return {k: tuple(v.shape[1:]) for k, v in feats.items()}
+    feats = jax.eval_shape(forward, jax.random.key(0))
+    model.shapes_by_size[image_size, channels] = {k: tuple(v.shape[1:])
+                                                  for k, v in feats.items()}
+  return dict(model.shapes_by_size[image_size, channels])

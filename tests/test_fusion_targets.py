@@ -69,7 +69,7 @@ def test_a_copy_of_the_reference_student_can_match_every_level(digits_config):
   logits, feats, _ = joint.apply(v["params"], v["model_state"], {"teachers": teacher_vars},
                                  images, train=True, key=jax.random.key(4))
   ctx = RunContext(c, "")
-  student = specs.model_fn(specs.student_config(ctx, names[0]), ctx.dataset(names[0]),
+  student = specs.model_fn(ctx, specs.student_config(ctx, names[0]), ctx.dataset(names[0]),
                            c.student_train)
   cfg = ml_collections.ConfigDict(dict(method="mlfd", levels="all", w_kd=0.0, w_feat=1.0,
                                        w_ce=0.0, temperature=2.0))

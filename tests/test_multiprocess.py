@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     c = digits.get_config("tiny")
     ctx = RunContext(c, "")
     ds = ctx.dataset("digits_a")
-    fn = specs.model_fn(dict(c.teachers.digits_a), ds, c.teacher_train)
+    fn = specs.model_fn(ctx, dict(c.teachers.digits_a), ds, c.teacher_train)
     mesh = parallel.make_mesh()
     v = jax.device_put(jax.jit(fn.init)(jax.random.key(0)), parallel.replicated(mesh))
     x, y = probes.pooled_features(fn, v, ds.image_size, ds, "val", 60, mesh, batch_size=32)

@@ -27,6 +27,15 @@ class RunContext:
     self.mesh = parallel.make_mesh(int(config.get("num_devices", 0) or 0) or None)
     self.frozen = FrozenModels(self)
     self._datasets: dict[str, Any] = {}
+    self._built: dict[tuple, Any] = {}
+
+  def once(self, key: tuple, make):
+    """`make()`, built once per key for this command: the model functions and joint teachers
+    that specs are built from, which every spec of a run asks for again (the config is fixed
+    for the context's life)."""
+    if key not in self._built:
+      self._built[key] = make()
+    return self._built[key]
 
   # Datasets -------------------------------------------------------------------------------
   def dataset(self, name: str):

@@ -11,6 +11,7 @@ building every spec of a command checks its whole config before any training.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import TYPE_CHECKING, Any, Callable
 
 import jax
@@ -94,11 +95,15 @@ def student_config(ctx: RunContext, name: str) -> dict:
   return model_config(ctx, "teachers", name)
 
 
-def model_fn(block: dict, dataset, train_cfg) -> modelfn.ModelFn:
-  """Model `block` for `dataset`'s classes and image size, in `train_cfg`'s compute dtype."""
-  return modelfn.from_config(block, num_classes=dataset.num_classes,
-                             image_size=dataset.image_size,
-                             dtype=modelfn.compute_dtype(train_cfg.get("dtype", "float32")))
+def model_fn(ctx: RunContext, block: dict, dataset, train_cfg) -> modelfn.ModelFn:
+  """Model `block` for `dataset`'s classes and image size, in `train_cfg`'s compute dtype (one
+  ModelFn per distinct model in a command)."""
+  dtype = train_cfg.get("dtype", "float32")
+  key = ("model_fn", json.dumps(block, sort_keys=True), json.dumps(dataset.num_classes),
+         dataset.image_size, dtype)
+  return ctx.once(key, lambda: modelfn.from_config(
+      block, num_classes=dataset.num_classes, image_size=dataset.image_size,
+      dtype=modelfn.compute_dtype(dtype)))
 
 
 def reference_student(ctx: RunContext) -> tuple[str, dict[str, tuple[int, ...]], FeatureSpace]:
@@ -109,7 +114,7 @@ def reference_student(ctx: RunContext) -> tuple[str, dict[str, tuple[int, ...]],
     raise ValueError(f"joint.shape_like={ref!r} is not a configured dataset; valid: "
                      f"{', '.join(ctx.names)}")
   ds, block = ctx.dataset(ref), student_config(ctx, ref)
-  student = model_fn(block, ds, ctx.config.student_train)
+  student = model_fn(ctx, block, ds, ctx.config.student_train)
   return ref, modelfn.level_shapes(student, ds.image_size), feature_space(block["name"])
 
 
@@ -125,7 +130,7 @@ def teacher(ctx: RunContext, name: str) -> ModelSpec:
   """Dataset `name`'s teacher, trained from scratch on it (`WORKDIR/teachers/<name>`)."""
   ds, c = ctx.dataset(name), ctx.config
   block = model_config(ctx, "teachers", name)
-  fn = model_fn(block, ds, c.teacher_train)
+  fn = model_fn(ctx, block, ds, c.teacher_train)
   return ModelSpec(
       what=f"teacher of {name}", label=f"teacher/{name}", stage="teachers", dirname="teachers", name=name, model=fn,
       init=fn.init, predict=_classifier_predict(fn),
@@ -153,7 +158,12 @@ def joint_targets(ctx: RunContext) -> list[tuple[str, list[int]]]:
 
 
 def joint_model(ctx: RunContext, heads: list[int]) -> JointTeacher:
-  """The joint teacher over every teacher, with heads for the datasets `heads` indexes."""
+  """The joint teacher over every teacher, with heads for the datasets `heads` indexes (built
+  once per command)."""
+  return ctx.once(("joint_model", tuple(heads)), lambda: _build_joint_model(ctx, heads))
+
+
+def _build_joint_model(ctx: RunContext, heads: list[int]) -> JointTeacher:
   jc, dtype_cfg = ctx.config.joint, ctx.config.joint_train
   level = jc.fusion_level
   if level not in MAP_LEVELS:
@@ -161,7 +171,7 @@ def joint_model(ctx: RunContext, heads: list[int]) -> JointTeacher:
                      f"{', '.join(MAP_LEVELS)}")
   fns, sizes, widths, datasets = [], [], [], ctx.datasets()
   for name, ds in zip(ctx.names, datasets):
-    fn = model_fn(model_config(ctx, "teachers", name), ds, dtype_cfg)
+    fn = model_fn(ctx, model_config(ctx, "teachers", name), ds, dtype_cfg)
     shapes = modelfn.level_shapes(fn, ds.image_size)
     if level not in shapes:
       raise ValueError(f"teacher of {name} has no level {level!r}; it has: {', '.join(shapes)}")
@@ -304,7 +314,7 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
 
 def _teachers_source(ctx: RunContext, index: int, method_cls) -> _Source:
   dc, target = ctx.config.distill, ctx.names[index]
-  models = [(model_fn(model_config(ctx, "teachers", n), ds, ctx.config.student_train),
+  models = [(model_fn(ctx, model_config(ctx, "teachers", n), ds, ctx.config.student_train),
              ds.image_size) for n, ds in zip(ctx.names, ctx.datasets())]
   shapes = [modelfn.level_shapes(fn, size) for fn, size in models]
   needs_probes = [method_cls.needs_teacher_logits and not probes.same_data(ctx.config, target, n)
@@ -358,7 +368,7 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
   else:
     source = _teachers_source(ctx, index, method_cls)
   block = student_config(ctx, name)
-  fn = model_fn(block, ds, c.student_train)
+  fn = model_fn(ctx, block, ds, c.student_train)
   method = distill.build_method(
       dc, student_shapes=modelfn.level_shapes(fn, ds.image_size), teacher_shapes=source.shapes,
       total_steps=train.num_steps(c.student_train, ds.num_examples("train")))
