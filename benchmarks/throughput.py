@@ -70,6 +70,7 @@ def make_config(args, data_root: str, data_file: str):
   for train_cfg in (c.teacher_train, c.joint_train, c.student_train):
     train_cfg.batch_size, train_cfg.dtype = args.batch, args.dtype
   c.distill.probe_steps, c.distill.probe_examples = 2, 64  # probes: fitted once, not timed
+  c.joint.precompute_teachers = c.distill.precompute_targets = args.precompute
   return c
 
 
@@ -94,11 +95,10 @@ class JaxBench:
 
     ctx, cfg = self.ctx, self.ctx.config
     if stage == "teacher":
-      spec = specs.teachers(ctx)[0]
-      return spec, spec.task(teachers.classifier_loss(spec.model, 0.1))
+      return specs.teachers(ctx)[0], teachers.teacher_task(ctx, ctx.names[0])
     if stage == "joint":
-      spec = specs.joints(ctx)[0]
-      return spec, spec.task(joint.multihead_loss(spec.model, 0.1))
+      target, heads = specs.joint_targets(ctx)[0]
+      return specs.joint(ctx, target, heads), joint.joint_task(ctx, target, heads)
     cfg.distill.method = stage.split(":", 1)[1]
     spec = specs.student(ctx, ctx.names[0])
     return spec, spec.task(students.distillation_loss(spec.model),
@@ -179,6 +179,7 @@ def _row(stage: str, args, compiled, compile_s: float, step_ms: float) -> dict[s
 def _common(stage: str, args, impl: str, step_ms: float) -> dict[str, Any]:
   kind, _, method = stage.partition(":")
   return {"stage": kind, "method": method or None, "impl": impl, "model": args.model,
+          "precompute": bool(args.precompute) and impl == "jax" and kind in ("joint", "student"),
           "width": args.width, "batch": args.batch, "image_size": args.image_size,
           "teachers": args.teachers, "dtype": args.dtype, "step_ms": step_ms,
           "img_per_s": 1e3 * args.batch / step_ms}
@@ -261,6 +262,9 @@ def parse_args(argv):
   p.add_argument("--data", choices=("auto", "real", "synthetic"), default="auto",
                  help=f"real: ../shared/data/{REAL_FILE}; auto: real when it exists")
   p.add_argument("--data_root", default="../shared/data")
+  p.add_argument("--precompute", action="store_true",
+                 help="time the joint-teacher and student steps with the frozen part's outputs "
+                      "precomputed (joint.precompute_teachers, distill.precompute_targets)")
   p.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
   p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
   p.add_argument("--peak_n", type=int, default=0, help="matmul size of the peak (0: auto)")
@@ -269,6 +273,9 @@ def parse_args(argv):
   bad = [s for s in stages if s not in STAGES]
   if bad:
     p.error(f"unknown stage {bad[0]!r}; valid: {', '.join(STAGES)}")
+  if args.precompute:
+    stages = [s for s in stages if s in ("joint", "student:mlfd", "student:kd", "teacher",
+                                         "eval")]
   if NUM_CLASSES % args.teachers:
     p.error(f"--teachers={args.teachers} does not divide the {NUM_CLASSES} classes")
   return args, stages
