@@ -112,6 +112,18 @@ def _check_override(key: str, value: str | None, keys: dict[str, Any]) -> None:
                      f"got {value!r}") from None
 
 
+def config_first(argv: list[str]) -> list[str]:
+  """`argv` with `--config=FILE` (or `--config FILE`) moved before every `--config.KEY`
+  override: ml_collections' parser needs the file first, a user should not have to know."""
+  args = argv[1:]
+  for i, arg in enumerate(args):
+    if arg.startswith("--config="):
+      return [argv[0], arg, *args[:i], *args[i + 1:]]
+    if arg == "--config" and i + 1 < len(args):
+      return [argv[0], *args[i:i + 2], *args[:i], *args[i + 2:]]
+  return list(argv)
+
+
 def check_argv(argv: list[str], valid_stages: list[str]) -> None:
   """Raises EntryError for the first mistake in `argv`; returns if the flags look right."""
   given, overrides, wants_help = {}, [], False

@@ -73,6 +73,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   ends in one line before anything is imported or logged."""
   try:
     cli.check_argv(argv, STAGES.names())
+    # ml_collections reads the overrides from sys.argv itself, so the reordering goes there too.
+    sys.argv[:] = argv = cli.config_first(argv)
     return flags.FLAGS(argv)
   except (cli.EntryError, flags.Error) as e:
     if os.environ.get("MLFD_TRACEBACK"):

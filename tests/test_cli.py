@@ -335,3 +335,13 @@ def test_kill_9_then_rerun_resumes(tmp_path):
   assert f"resuming at step {saved}/400" in r.stderr
   res = json.loads((tmp_path / "results.json").read_text())
   assert {"digits_a", "digits_b", "digits_c"} <= set(res["datasets"])
+
+
+def test_overrides_may_come_before_the_config_file(tmp_path):
+  """ml_collections wants --config first; the command takes the flags in any order."""
+  r = _cli("--config.stage=teachers", "--config.teacher_train.steps=1",
+           "--config=configs/digits.py:tiny", f"--workdir={tmp_path}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  steps = sorted(int(p.name) for p in (tmp_path / "teachers" / "digits_a").iterdir()
+                 if p.name.isdigit())
+  assert steps == [1]  # the override applied: the tiny config trains 4 steps
