@@ -224,7 +224,7 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
           "heads": [ctx.names[i] for i in heads],
           "num_classes": [d.num_classes for d in members],
           "fusion": {k: jc[k] for k in ("fusion_level", "width", "shape_like", "mode")},
-          "finetune_teachers": bool(jc.finetune_teachers), "precompute_teachers": precompute,
+          "finetune_teachers": bool(jc.finetune_teachers),
           "reference_student": reference_student(ctx)[0]}
   return ModelSpec(
       what="joint teacher", label="joint", stage="joint", dirname="joint", name=target, model=model,
@@ -397,7 +397,7 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
       label=f"{dirname}/{name}", stage="students", dirname=dirname, name=name,
       model=Student(fn, method, source.teacher_out), init=init, predict=predict,
       meta={"student": block, "num_classes": ds.num_classes, "image_size": ds.image_size,
-            "method": dc.method, "precompute_targets": precompute},
+            "method": dc.method},
       train_cfg=c.student_train, num_train_examples=ds.num_examples("train"),
       train_data=lambda: ds, eval_sets=[EvalSet(name, ds)], results_key=key,
       seed=c.seed + index + 1000 * generation, pad=int(ds.pad), flip=bool(ds.flip),
