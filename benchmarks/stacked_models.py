@@ -62,9 +62,9 @@ def main(argv=None) -> None:
     loss.block_until_ready()
     return (time.perf_counter() - t) / args.iters
 
+  stacked = stack(variables), stack(opt_states)  # before the single run donates model 0
   one = per_step(jax.jit(step, donate_argnums=(0, 1)), variables[0], opt_states[0], x[0], y[0])
-  many = per_step(jax.jit(jax.vmap(step), donate_argnums=(0, 1)), stack(variables),
-                  stack(opt_states), x, y)
+  many = per_step(jax.jit(jax.vmap(step), donate_argnums=(0, 1)), *stacked, x, y)
   print(f"{jax.default_backend()}: one model {1e3 * one:.1f} ms/step; {k} vmapped "
         f"{1e3 * many:.1f} ms/step -> {k * one / many:.2f}x the throughput of one after another")
 
