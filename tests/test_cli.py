@@ -123,8 +123,8 @@ ENTRY_ERRORS = [
     (["--config.joint.finetune_teachers=maybe"],
      "--config.joint.finetune_teachers=maybe: joint.finetune_teachers is a bool; got 'maybe'"),
     (["--config.joint=3"], "--config.joint is a block, not a value; set one of its keys: "
-     "joint.dropout, joint.finetune_teachers, joint.fusion_level, joint.mode, joint.shape_like, "
-     "joint.width"),
+     "joint.dropout, joint.finetune_teachers, joint.fusion_level, joint.mode, "
+     "joint.precompute_teachers, joint.shape_like, joint.width"),
     (["--wrkdir=x"],
      "unknown flag --wrkdir; valid: --config, --workdir, --distributed, --config.KEY=VALUE"),
     (["extra"], "unexpected argument 'extra'; the command takes only flags: "
