@@ -6,8 +6,9 @@ The reference code's trade-off: the frozen part runs once over the un-augmented 
 and each step reads its outputs by example index instead of running it again on that step's
 augmented view. A student step then runs the student alone (a joint-teacher step, the fusion
 layers alone), but what it learns from no longer sees the crop and flip its input got
-(benchmarks/RESULTS.md measures both effects). Only in-memory datasets (npz, sklearn digits) qualify: their training
-batches carry each row's `index`; a table that would not fit in memory is refused up front.
+(benchmarks/RESULTS.md measures both effects). Only in-memory datasets (npz, sklearn digits)
+qualify: their training batches carry each row's `index`; a table that would not fit in memory
+is refused up front.
 """
 
 from __future__ import annotations
