@@ -1,6 +1,6 @@
 r"""Throughput of every stage's step, JAX beside the PyTorch reference, on the current backend.
 
-  python -m benchmarks.throughput                       # ResNet-18 1/8, batch 128, 32 px, 3 teachers
+  python -m benchmarks.throughput        # ResNet-18 1/8, batch 128, 32 px, 3 teachers
   python -m benchmarks.throughput --json benchmarks/cpu.json --iters 20
   python -m benchmarks.throughput --model resnet18 --width 1 --stages teacher,student:mlfd
   python -m benchmarks.throughput --model resnet50 --width 1 --image_size 224 --batch 64 \

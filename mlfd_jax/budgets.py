@@ -161,7 +161,8 @@ def main(argv=None) -> int:
   parser.add_argument("runs", nargs="+", help="STEPS=WORKDIR, one per (budget, seed)")
   parser.add_argument("--out", required=True, help="directory for budgets.md and budgets.png")
   parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                      help="comma-separated report columns (individual, joint_teacher, mlfd, kd, ...)")
+                      help="comma-separated report columns (individual, joint_teacher, mlfd, "
+                           "kd, ...)")
   parser.add_argument("--base", default="individual", help="the model the others are paired with")
   args = parser.parse_args(argv)
   models = tuple(m for m in args.models.split(",") if m)
