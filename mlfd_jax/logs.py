@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 from absl import logging
 
+from mlfd_jax import tf_import
+
 
 class LogWriter:
   """Writes scalars to the log only."""
@@ -26,7 +28,8 @@ class LogWriter:
 def make_writer(logdir: str):
   """A clu writer to TensorBoard event files in `logdir` (process 0), or a `LogWriter`."""
   try:
-    from clu import metric_writers
+    tf_import.tensorflow()  # clu's writer imports it: quietly, and off the accelerators
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError:
     logging.warning("clu is not installed: metrics go to the log only")
     return LogWriter()

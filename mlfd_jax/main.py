@@ -1,8 +1,8 @@
 """Entry point: `python -m mlfd_jax.main --config=configs/NAME.py --workdir=DIR [--config.K=V]`.
 
 Thin on purpose (as in the Flax examples): check and parse the flags (cli.py), start multi-host
-JAX if asked, check and lock the workdir (workdir.py), keep TensorFlow off the accelerators, log
-the topology, make the run context (stages/context.py) and run `config.stage` with it.
+JAX if asked, check and lock the workdir (workdir.py), send the log to stdout, log the topology,
+make the run context (stages/context.py) and run `config.stage` with it.
 Errors caused by the input (flags, config, paths, data, a busy workdir) end the run with one line
 naming the bad value.
 """
@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlfd_jax import cli, train
+from mlfd_jax import checkpoint, cli, train
 from mlfd_jax import workdir as workdir_lib
 from mlfd_jax.stages import STAGES
 from mlfd_jax.stages.context import RunContext
@@ -31,16 +31,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Errors that mean "the input is wrong", reported in one line; anything else is a bug and keeps
 # its traceback. Set MLFD_TRACEBACK=1 to see tracebacks for input errors too.
 INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError,
-                PermissionError, workdir_lib.WorkdirInUse, train.NonFinite)
-
-
-def _hide_accelerators_from_tensorflow() -> None:
-  try:
-    import tensorflow as tf
-  except ImportError:
-    return
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
+                PermissionError, workdir_lib.WorkdirInUse, train.NonFinite,
+                checkpoint.CheckpointWriteError)
 
 
 def run(config, workdir: str, config_path: str = "") -> None:
@@ -51,13 +43,26 @@ def run(config, workdir: str, config_path: str = "") -> None:
     stage(RunContext(config, path, config_path))
 
 
+def _route_logs() -> None:
+  """The run's log goes to stdout; warnings also to stderr, which otherwise holds only what went
+  wrong (one `mlfd_jax: error:` line for a bad input), so `> run.log` keeps the log and the
+  terminal shows the problems."""
+  logging.get_absl_handler().python_handler.stream = sys.stdout
+  flags.FLAGS.stderrthreshold = "warning"
+
+
 def _quiet_library_info_logs() -> None:
-  """Orbax logs every save/restore step at INFO; keep its warnings, drop the chatter."""
+  """Orbax logs every save/restore step at INFO; keep its warnings, drop the chatter (and the
+  asyncio copies of a failed save's error, which the run reports in one line)."""
   def keep(record) -> bool:
+    if record.name == "asyncio" and "/orbax/" in record.getMessage():
+      return False  # a failed save's writer tasks, reported once as CheckpointWriteError
     if "/orbax/" not in record.pathname:
       return True
+    # (A preemption save has no validation metric, by design: orbax warns about that.)
     return (record.levelno >= logging.converter.STANDARD_WARNING
-            and "read only" not in record.getMessage())
+            and "read only" not in record.getMessage()
+            and "did not provide metrics" not in record.getMessage())
 
   logging.get_absl_handler().addFilter(keep)
 
@@ -85,6 +90,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  _route_logs()
   try:
     if _DISTRIBUTED.value:
       jax.distributed.initialize()
@@ -93,7 +99,6 @@ def main(argv) -> None:
     path = workdir_lib.check_writable(_WORKDIR.value)
     with workdir_lib.Lock(path, command=" ".join(sys.argv)):
       _quiet_library_info_logs()
-      _hide_accelerators_from_tensorflow()
       logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                    jax.process_count(), jax.local_device_count(), jax.device_count(),
                    jax.devices()[0].platform)
