@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -23,6 +25,20 @@ from jax.experimental import multihost_utils
 from mlfd_jax.fileio import write_json_atomic
 
 VAL_METRIC = "val_top1"
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written: the storage's fault, reported as an input error."""
+
+
+def _write_failure(e: Exception) -> str:
+  """The operating system's reason inside a tensorstore write error, else the error's first line."""
+  m = re.search(r"Failed to write [^:]*: (.+?) \[os_error_code", str(e))
+  if m:
+    return m.group(1)
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
 class Checkpoints:
@@ -81,10 +97,25 @@ class Checkpoints:
   # Save / restore ---------------------------------------------------------------------------
   def save(self, step: int, model: Any, train: Any,
            metrics: dict[str, float] | None = None) -> None:
-    self.manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
-                                                    train=ocp.args.StandardSave(train)),
-                      metrics=metrics, force=True)
-    self.manager.wait_until_finished()
+    """Saves `step`; a write that fails (a full disk, a quota, a bucket that refuses it) leaves
+    no partial step behind and raises `CheckpointWriteError`, the steps before it untouched."""
+    try:
+      self.manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model),
+                                                      train=ocp.args.StandardSave(train)),
+                        metrics=metrics, force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # tensorstore and orbax raise ValueError, OSError, ...  # noqa: BLE001
+      try:  # let orbax's writer threads end now, not while the interpreter shuts down
+        self.manager.close()
+      except Exception:  # noqa: BLE001  # they fail the same way; the first error is reported
+        pass
+      if jax.process_index() == 0:
+        for name in os.listdir(self.directory):
+          if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      raise CheckpointWriteError(f"cannot write checkpoint step {step} to {self.directory} "
+                                 f"({_write_failure(e)}); the steps saved before it are kept"
+                                 ) from e
 
   def restore_model(self, step: int, abstract_model: Any) -> Any:
     """Restores the `model` item of `step` into the structure, dtypes and shardings given."""

@@ -40,7 +40,10 @@ def replicated(mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh, key: str = "batch_size") -> None:
   """Global batches must split evenly over devices and processes."""
   n = mesh.devices.size
-  if batch_size <= 0 or batch_size % n:
+  if batch_size <= 0:
+    raise ValueError(f"{key}={batch_size}: a batch needs at least one example per device; use "
+                     f"a positive multiple of the {n} devices of the mesh")
+  if batch_size % n:
     raise ValueError(f"{key}={batch_size} is not divisible by the {n} devices of the mesh; "
                      f"use a positive multiple of {n}")
   if batch_size % jax.process_count():

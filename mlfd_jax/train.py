@@ -65,14 +65,15 @@ class Task:
   gate_updates: Callable[[Any, jax.Array], Any] = keep_updates
 
 
-def num_steps(train_cfg, num_train_examples: int) -> int:
+def num_steps(train_cfg, num_train_examples: int, key: str = "train config") -> int:
   """`steps` if set, else `epochs` worth of global batches."""
   steps = int(train_cfg.get("steps", 0) or 0)
   if steps > 0:
     return steps
   epochs = float(train_cfg.get("epochs", 0) or 0)
   if epochs <= 0:
-    raise ValueError("train config needs steps > 0 or epochs > 0")
+    raise ValueError(f"{key} needs steps > 0 or epochs > 0; got steps={steps}, "
+                     f"epochs={epochs:g}")
   return max(1, math.ceil(epochs * num_train_examples / int(train_cfg.batch_size)))
 
 
@@ -302,7 +303,9 @@ class Trainer:
     ckpts.save(done, model, train_state, metrics=val)
 
 
-def _check_meta(ckpts: checkpoint.Checkpoints, meta: dict) -> None:
+def check_meta(ckpts: checkpoint.Checkpoints, meta: dict) -> None:
+  """Refuses a directory whose checkpoints were made for another model (architecture, classes,
+  image size, method): restoring them would fail late or, worse, mean something else."""
   if not ckpts.steps():
     return
   bad = checkpoint.meta_mismatch(ckpts.read_config(), meta)
@@ -323,7 +326,7 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
   parallel.check_batch_size(int(train_cfg.batch_size), mesh)
   total = num_steps(train_cfg, train_data.num_examples("train"))
   ckpts = checkpoint.Checkpoints(ckpt_dir, keep=int(train_cfg.get("keep", 2)))
-  _check_meta(ckpts, task.meta)
+  check_meta(ckpts, task.meta)
   trainer = Trainer(task, train_cfg, mesh, total)
   if ckpts.is_finished(total):
     logging.info("[%s] finished checkpoint at step %d in %s: nothing to train", task.name,

@@ -172,10 +172,8 @@ def test_config_file_and_required_flags_errors_are_one_line(tmp_path):
 def test_all_checks_every_stage_before_training_any(tmp_path, key, value, error):
   """`stage=all` fails on a bad later-stage value before stage 1 trains anything."""
   r = _cli("--config=configs/digits.py:tiny", f"--workdir={tmp_path}", f"--config.{key}={value}")
-  assert r.returncode == 2
-  assert r.stderr.strip().splitlines()[-1] == \
-      f"mlfd_jax: error: {error} (MLFD_TRACEBACK=1 shows where)"
-  assert "Traceback" not in r.stderr
+  assert (r.returncode, r.stderr) == (
+      2, f"mlfd_jax: error: {error} (MLFD_TRACEBACK=1 shows where)\n")
   assert not (tmp_path / "teachers").exists()
 
 
@@ -250,10 +248,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM
-  last = err.strip().splitlines()[-1]
   m = re.fullmatch(r"mlfd_jax: stopped by SIGTERM at step (\d+)/120 of teacher/(digits_\w): its "
-                   r"state is saved; rerun the same command to continue", last)
-  assert m, last
+                   r"state is saved; rerun the same command to continue\n", err)  # all of stderr
+  assert m, err
   step, name = int(m.group(1)), m.group(2)
   assert 0 < step < 120 and (stopped / "teachers" / name / str(step)).is_dir()
   assert "Traceback" not in err
@@ -262,7 +259,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
 
   r = _cli(*args, f"--workdir={stopped}")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f"resuming at step {step}/120" in r.stderr
+  assert f"resuming at step {step}/120" in r.stdout  # the log; stderr keeps warnings and errors
   r = _cli(*args, f"--workdir={whole}")
   assert r.returncode == 0, r.stderr[-3000:]
   a, b = _final_teacher_params(stopped, 120), _final_teacher_params(whole, 120)
@@ -282,11 +279,11 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_after_it(tmp_path
            "--config.teacher_train.optimizer.lr=1e12", "--config.teacher_train.steps=40",
            "--config.teacher_train.eval_every=2", "--config.teacher_train.log_every=1")
   assert r.returncode == 2
-  last = r.stderr.strip().splitlines()[-1]
   m = re.fullmatch(r"mlfd_jax: error: \[teacher/digits_a\] step (\d+): training went non-finite "
                    r"\((\w+=(nan|inf|-inf)(, )?)+\); nothing from that step on is saved; lower "
-                   r"the learning rate or check the data \(MLFD_TRACEBACK=1 shows where\)", last)
-  assert m, last
+                   r"the learning rate or check the data \(MLFD_TRACEBACK=1 shows where\)\n",
+                   r.stderr)  # the whole of stderr: the log went to stdout
+  assert m, r.stderr
   saved = [int(p.name) for p in (tmp_path / "teachers" / "digits_a").iterdir() if p.name.isdigit()]
   assert all(s < int(m.group(1)) for s in saved)
   assert "Traceback" not in r.stderr and not (tmp_path / "results.json").exists()
@@ -305,7 +302,7 @@ def test_a_damaged_latest_step_is_set_aside_and_the_run_resumes_from_the_previou
   r = _cli(*args, "--config.teacher_train.steps=8")
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"checkpoint step 6 in {step6.parent} does not restore" in r.stderr
-  assert "[teacher/digits_a] resuming at step 4/8" in r.stderr
+  assert "[teacher/digits_a] resuming at step 4/8" in r.stdout
   kept = tmp_path / "teachers" / "digits_a.damaged" / "6"  # set aside whole, not deleted
   assert sorted(p.relative_to(kept) for p in kept.rglob("*") if p.is_file()) == files
   assert (step6.parent / "8").is_dir()
@@ -332,7 +329,7 @@ def test_kill_9_then_rerun_resumes(tmp_path):
   assert 0 < saved < 400
   r = _cli(*args, "--config.teacher_train.steps=400")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f"resuming at step {saved}/400" in r.stderr
+  assert f"resuming at step {saved}/400" in r.stdout
   res = json.loads((tmp_path / "results.json").read_text())
   assert {"digits_a", "digits_b", "digits_c"} <= set(res["datasets"])
 

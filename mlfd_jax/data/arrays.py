@@ -9,6 +9,7 @@ single-process batch.
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -106,7 +107,8 @@ class ArrayDataset:
 
 
 def _from_chunks(chunks, image_size: int):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # Only for tf.data mixtures.
+  from mlfd_jax import tf_import  # pylint: disable=g-import-not-at-top  # tf.data mixtures only
+  tf = tf_import.tensorflow()
 
   spec = {"image": tf.TensorSpec([None, image_size, image_size, 3], tf.uint8),
           "label": tf.TensorSpec([None], tf.int32)}
@@ -136,6 +138,11 @@ def from_arrays(cfg: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x
       "val": {"image": x_train[va], "label": y_train[va]},
       "test": {"image": x_test, "label": y_test},
   }
+  for split, arrs in splits.items():
+    if not len(arrs["label"]) and (split != "val" or float(cfg["val_fraction"]) > 0):
+      what = (f"classes {list(classes)} select" if classes is not None else "the source has")
+      raise ValueError(f"dataset {name!r}: {what} no {split} examples "
+                       f"({len(keep_tr)} train / {len(keep_te)} test examples kept)")
   return ArrayDataset(name, splits, len(classes) if classes is not None else num_classes,
                       cfg["image_size"], flip=cfg["flip"], pad=cfg["pad"])
 
@@ -147,11 +154,18 @@ def npz_source(cfg) -> ArrayDataset:
   path = os.path.expanduser(str(cfg["path"]))
   if not os.path.isfile(path):
     raise FileNotFoundError(f"dataset {cfg['name']!r}: npz file not found: {path}")
-  with np.load(path) as f:
-    for key in _ARRAY_KEYS:
-      if key not in f.files:
-        raise ValueError(f"{path}: missing array {key!r} (has: {', '.join(f.files)})")
-    arrs = {key: f[key] for key in _ARRAY_KEYS}
+  try:
+    with np.load(path) as f:
+      missing = [key for key in _ARRAY_KEYS if key not in f.files]
+      if missing:
+        raise ValueError(f"{path}: missing array {missing[0]!r} (has: {', '.join(f.files)}; "
+                         f"needs: {', '.join(_ARRAY_KEYS)})")
+      arrs = {key: f[key] for key in _ARRAY_KEYS}
+  except (OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    if str(e).startswith(path):
+      raise
+    raise ValueError(f"dataset {cfg['name']!r}: cannot read {path} as an .npz of "
+                     f"{', '.join(_ARRAY_KEYS)} ({type(e).__name__}: {e})") from None
   for split in ("train", "test"):
     x, y = arrs[f"x_{split}"], arrs[f"y_{split}"]
     if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) != len(y):

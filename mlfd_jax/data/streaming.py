@@ -24,10 +24,13 @@ import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from mlfd_jax.data import base
+from mlfd_jax import tf_import
+
+tf = tf_import.tensorflow()
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from mlfd_jax.data import base  # pylint: disable=wrong-import-position
 from mlfd_jax.data import preprocess
 from mlfd_jax.data import subsets
 
@@ -37,6 +40,8 @@ from mlfd_jax.data import subsets
 AUTOTUNE = tf.data.AUTOTUNE
 _CHUNK = 4096  # Positions per host-side chunk of indices / mixture choices.
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+_IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
+UNREADABLE = "unreadable"  # per example: the path of a file that is not an image, else ""
 
 
 def _options() -> tf.data.Options:
@@ -63,7 +68,7 @@ class StreamingDataset:
                     process_index: int = 0, process_count: int = 1) -> Iterator[base.Batch]:
     b = base.local_batch_size(global_batch, process_index, process_count)
     ds = self._tf_train(seed, int(start_step) * b, process_index, process_count)
-    return _numpy(ds.batch(b, drop_remainder=True))
+    return _numpy(ds.batch(b, drop_remainder=True), self.name)
 
   def eval_batches(self, split: str, global_batch: int, process_index: int = 0,
                    process_count: int = 1) -> Iterator[base.Batch]:
@@ -75,7 +80,7 @@ class StreamingDataset:
     if missing:
       blank = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
       ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(missing))
-    return _numpy(ds.batch(b, drop_remainder=True))
+    return _numpy(ds.batch(b, drop_remainder=True), self.name)
 
   def with_image_size(self, image_size: int):
     """Same data fitted to another resolution (streams fit each decoded original)."""
@@ -86,8 +91,29 @@ class StreamingDataset:
     return other
 
 
-def _numpy(ds) -> Iterator[base.Batch]:
-  return ds.prefetch(AUTOTUNE).with_options(_options()).as_numpy_iterator()
+def _numpy(ds, name: str) -> Iterator[base.Batch]:
+  """The batches as numpy; a file tf.data cannot read or decode becomes an input error naming
+  the dataset (and the file, where the check in `FolderDataset._load` caught it)."""
+  it = ds.prefetch(AUTOTUNE).with_options(_options()).as_numpy_iterator()
+  while True:
+    try:
+      batch = next(it)
+    except StopIteration:
+      return
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+            tf.errors.DataLossError) as e:
+      raise ValueError(f"dataset {name!r}: {_first_line(e.message)}") from None
+    bad = [p for p in batch.pop(UNREADABLE, ()) if p]
+    if bad:
+      raise ValueError(f"dataset {name!r}: unreadable image {bad[0].decode()} (not a JPEG, PNG, "
+                       f"GIF or BMP file)")
+    yield batch
+
+
+def _first_line(message: str) -> str:
+  """A tf.data error's message without TensorFlow's node and function decorations."""
+  line = re.sub(r"\{\{[^}]*\}\}", "", message.split("\n")[0]).split(" [[")[0]
+  return line.replace("assertion failed: ", "").replace("] [", " ").strip("[] ")
 
 
 def _empty(spec):
@@ -265,8 +291,15 @@ class FolderDataset(StreamingDataset):
     return np.asarray(paths, dtype=object).astype(str), np.asarray(labels, np.int32)
 
   def _load(self, path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
-    return {"image": preprocess.fit_tf(image, self.image_size), "label": label}
+    contents = tf.io.read_file(path)
+    # A file that is not an image is not decoded but named in UNREADABLE, and `_numpy` turns it
+    # into an input error (decode_image's own error omits the path, and TensorFlow logs it).
+    known = tf.reduce_any([tf.strings.substr(contents, 0, len(magic)) == magic
+                           for magic in _IMAGE_MAGIC])
+    blank = tf.zeros([self.image_size, self.image_size, 3], tf.uint8)
+    image = tf.cond(known, lambda: preprocess.fit_tf(tf.io.decode_image(
+        contents, channels=0, expand_animations=False), self.image_size), lambda: blank)
+    return {"image": image, "label": label, UNREADABLE: tf.where(known, "", path)}
 
   def _stream_counts(self, split: str, process_count: int) -> list[int]:
     n = len(self._data[split][1])
@@ -325,17 +358,21 @@ class StreamingMix(StreamingDataset):
       used += np.bincount(chunk(c), minlength=len(self._parts))
     used += np.bincount(chunk(full)[:rest], minlength=len(self._parts))
     streams = [m._tf_train(base.derive_seed(seed, i), int(used[i]), p, count)
-               .map(lambda ex, i=i: {**ex, "dataset": tf.constant(i, tf.int32)})
-               for i, m in enumerate(self._parts)]
+               .map(lambda ex, i=i: _tagged(ex, i)) for i, m in enumerate(self._parts)]
     return tf.data.Dataset.choose_from_datasets(streams, _chunked(chunk, start))
 
   def _tf_eval(self, split: str, p: int, count: int):
     ds = None
     for i, m in enumerate(self._parts):
-      part = m._tf_eval(split, p, count).map(
-          lambda ex, i=i: {**ex, "dataset": tf.constant(i, tf.int32)})
+      part = m._tf_eval(split, p, count).map(lambda ex, i=i: _tagged(ex, i))
       ds = part if ds is None else ds.concatenate(part)
     return ds
+
+
+def _tagged(example: dict, i: int) -> dict:
+  """A mixture member's example with its member index, and the keys every member must share."""
+  return {**example, "dataset": tf.constant(i, tf.int32),
+          UNREADABLE: example.get(UNREADABLE, tf.constant(""))}
 
 
 def tfds_source(cfg) -> TfdsDataset:

@@ -17,10 +17,10 @@ PIPELINE = (teachers, joint, students)  # what `all` trains, in order, before ev
 
 def check_all(ctx) -> None:
   """Builds the spec of every model `all` trains: a bad value in a later stage's block
-  (a method, a level, a model) fails now, before the earlier stages' training."""
-  specs.teachers(ctx)
-  specs.joints(ctx)
-  specs.students(ctx)
+  (a method, a level, a model, a batch size, an optimizer) fails now, before the earlier
+  stages' training."""
+  for spec in [*specs.teachers(ctx), *specs.joints(ctx), *specs.students(ctx)]:
+    spec.check_training(ctx.mesh)
 
 
 def run_all(ctx) -> None:

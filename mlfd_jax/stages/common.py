@@ -25,6 +25,7 @@ def record_report(ctx: RunContext, spec: ModelSpec, ckpts: checkpoint.Checkpoint
   model is always evaluated anew. Nothing (teachers, joint teacher) is restored when nothing is
   evaluated. Pass the trainer's `evaluator` to reuse its compiled evaluation.
   """
+  train.check_meta(ckpts, spec.meta)  # a finished directory of another model is not reused
   best, last = ckpts.best_step(), ckpts.latest_step()
   saved_at = ckpts.saved_at(last) if last is not None else None
   current = parallel.agree([results.is_current(ctx.workdir, es.name, spec.results_key, best,

@@ -19,7 +19,9 @@ COLUMNS = ("teacher", "joint_teacher", "baseline_joint", "student")
 
 
 def evaluate_workdir(ctx, *, force: bool = True) -> dict:
-  """Records every checkpoint found under the workdir; returns the results dict."""
+  """Records every checkpoint found under the workdir; returns the results dict. Finding none
+  is an input error (a wrong --workdir), not an empty table."""
+  found = 0
   for spec in [*specs.teachers(ctx), *specs.joints(ctx), *specs.students(ctx),
                specs.baseline(ctx)]:
     ckpts = open_checkpoints(ctx.path(spec.directory))
@@ -27,9 +29,14 @@ def evaluate_workdir(ctx, *, force: bool = True) -> dict:
       continue
     try:
       if ckpts.latest_step() is not None:
+        found += 1
         common.record_report(ctx, spec, ckpts, force=force)
     finally:
       ckpts.close()
+  if not found:
+    raise FileNotFoundError(f"nothing to evaluate: no checkpoint of this config's models in "
+                            f"{ctx.workdir}; train them first with "
+                            f"{ctx.command('all')}")
   res = results.load(ctx.workdir)
   logging.info("results (test top-1 of the best-by-validation checkpoint) in %s",
                results.path(ctx.workdir))

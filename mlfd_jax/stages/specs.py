@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 import numpy as np
 
-from mlfd_jax import data, distill, modelfn, train
+from mlfd_jax import data, distill, modelfn, optim, parallel, train
 from mlfd_jax.data import augment
 from mlfd_jax.distill import base as distill_base
 from mlfd_jax.evaluation import EvalSet, eval_batch_size
@@ -49,6 +49,7 @@ class ModelSpec:
   predict: Callable[..., jax.Array]
   meta: dict
   train_cfg: Any
+  train_key: str                 # where train_cfg sits in the config, for messages
   num_train_examples: int
   train_data: Callable[[], Any]  # its training Dataset (a mixture for multi-dataset models)
   eval_sets: list[EvalSet]
@@ -65,7 +66,18 @@ class ModelSpec:
 
   @property
   def total_steps(self) -> int:
-    return train.num_steps(self.train_cfg, self.num_train_examples)
+    return train.num_steps(self.train_cfg, self.num_train_examples, self.train_key)
+
+  def check_training(self, mesh) -> None:
+    """Fails now, naming the key, on a step count, batch size, optimizer or schedule that
+    `train.fit` would refuse only when this model's turn to train comes."""
+    parallel.check_batch_size(int(self.train_cfg.batch_size), mesh,
+                              f"{self.train_key}.batch_size")
+    steps = self.total_steps
+    try:
+      optim.make_optimizer(self.train_cfg.optimizer, self.train_cfg.schedule, steps)
+    except ValueError as e:
+      raise ValueError(f"{self.train_key}: {e}") from None
 
   @property
   def num_classes(self) -> dict[str, int]:
@@ -135,7 +147,8 @@ def teacher(ctx: RunContext, name: str) -> ModelSpec:
       what=f"teacher of {name}", label=f"teacher/{name}", stage="teachers", dirname="teachers", name=name, model=fn,
       init=fn.init, predict=_classifier_predict(fn),
       meta={"model": block, "num_classes": ds.num_classes, "image_size": ds.image_size},
-      train_cfg=c.teacher_train, num_train_examples=ds.num_examples("train"),
+      train_cfg=c.teacher_train, train_key="teacher_train",
+      num_train_examples=ds.num_examples("train"),
       train_data=lambda: ds, eval_sets=[EvalSet(name, ds)], results_key="teacher",
       seed=c.seed + ctx.names.index(name), pad=int(ds.pad), flip=bool(ds.flip))
 
@@ -229,6 +242,7 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
   return ModelSpec(
       what="joint teacher", label="joint", stage="joint", dirname="joint", name=target, model=model,
       init=init, predict=predict, meta=meta, train_cfg=c.joint_train,
+      train_key="joint_train",
       num_train_examples=sum(d.num_examples("train") for d in members),
       train_data=train_data,
       eval_sets=[EvalSet(ctx.names[i], datasets[i], head=h) for h, i in enumerate(heads)],
@@ -398,7 +412,8 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
       model=Student(fn, method, source.teacher_out), init=init, predict=predict,
       meta={"student": block, "num_classes": ds.num_classes, "image_size": ds.image_size,
             "method": dc.method},
-      train_cfg=c.student_train, num_train_examples=ds.num_examples("train"),
+      train_cfg=c.student_train, train_key="student_train",
+      num_train_examples=ds.num_examples("train"),
       train_data=lambda: ds, eval_sets=[EvalSet(name, ds)], results_key=key,
       seed=c.seed + index + 1000 * generation, pad=int(ds.pad), flip=bool(ds.flip),
       frozen=source.frozen, extra=extra)
@@ -444,8 +459,8 @@ def baseline(ctx: RunContext) -> ModelSpec:
       what="joint baseline", label=BASELINE, stage=BASELINE, dirname=BASELINE, name="joint",
       model=Baseline(fn, size, heads), init=fn.init, predict=predict,
       meta={"model": block, "num_classes": counts, "image_size": size},
-      train_cfg=c.student_train, num_train_examples=sum(d.num_examples("train")
-                                                        for d in datasets),
+      train_cfg=c.student_train, train_key="student_train",
+      num_train_examples=sum(d.num_examples("train") for d in datasets),
       train_data=lambda: data.mix(datasets),
       eval_sets=[EvalSet(n, d, head=i) for i, (n, d) in enumerate(zip(ctx.names, datasets))],
       results_key=BASELINE, seed=c.seed, pad=min(int(d.pad) for d in datasets),
