@@ -49,3 +49,94 @@ def test_two_lanes_pin_their_seeds_to_their_own_cores(tmp_path):
   for s in range(3):
     assert [c for _, c in calls if f"seed{s} " in c + " " and "main" in c] == _seed_commands(s)
   assert calls[-1][1] == "-m mlfd_jax.report T/r/seed0 T/r/seed1 T/r/seed2 --out T/r/report"
+
+
+def _recorders(tmp_path, names, describe_rc=1):
+  """Fake `gcloud`, `tar` and `srun` that log their argv (one call a line, fields split by
+  \\x1f); `gcloud ... describe` exits with `describe_rc` (1: no such slice)."""
+  fake = tmp_path / "fakebin"
+  fake.mkdir(exist_ok=True)
+  log = tmp_path / "calls.log"
+  for name in names:
+    (fake / name).write_text(
+        '#!/usr/bin/env bash\n'
+        f'{{ printf "%s\\x1f" {name} "$@"; echo; }} >> "{log}"\n'
+        f'if [[ " $* " == *" describe "* ]]; then exit {describe_rc}; fi\n')
+    (fake / name).chmod(0o755)
+  return {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}, log
+
+
+def _calls(log):
+  return [line.rstrip("\x1f").split("\x1f") for line in log.read_text().splitlines()]
+
+
+TPU = ["in3", "us-central2-b", "configs/imagenet_subsets.py", "gs://b/mlfd/in3",
+       "--config.seed=1"]
+
+
+def test_tpu_vm_dry_run_prints_every_command_and_runs_none(tmp_path):
+  env, log = _recorders(tmp_path, ["gcloud", "tar"])
+  proc = subprocess.run(["launch/tpu_vm.sh", "--dry-run", "--create", "v4-32", "--delete", *TPU],
+                        cwd=ROOT, env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr
+  assert not log.exists()  # nothing ran
+  vm, where = "gcloud compute tpus tpu-vm", "--zone us-central2-b"
+  assert proc.stdout.splitlines() == [
+      f"{vm} create in3 {where} --accelerator-type v4-32 --version tpu-ubuntu2204-base",
+      f"tar -czf /tmp/mlfd_jax_code.tgz --exclude=.git --exclude=./runs --exclude=./.venv -C "
+      f"{ROOT} .",
+      f"{vm} scp /tmp/mlfd_jax_code.tgz in3:~/mlfd_jax_code.tgz {where} --worker=all",
+      f"{vm} ssh in3 {where} --worker=all --command 'rm -rf ~/mlfd_jax && mkdir -p ~/mlfd_jax && "
+      "tar -xzf ~/mlfd_jax_code.tgz -C ~/mlfd_jax && cd ~/mlfd_jax && pip install -q -r "
+      "requirements.txt '\\''jax[tpu]'\\'''",
+      f"{vm} ssh in3 {where} --worker=all --command 'cd ~/mlfd_jax && nohup python -m "
+      "mlfd_jax.main --config=configs/imagenet_subsets.py --workdir=gs://b/mlfd/in3 "
+      "--distributed --config.seed=1 > run.log 2>&1 < /dev/null &'",
+      f"{vm} ssh in3 {where} --worker=0 --command 'cd ~/mlfd_jax && sleep 5 && tail -n +1 -F "
+      "run.log --pid=$(pgrep -f '\\''python -m mlfd_jax[.]main'\\'' | head -1)'",
+      f"{vm} delete in3 {where} --quiet",
+  ]
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_tpu_vm_runs_what_its_dry_run_prints(tmp_path, exists):
+  """The real run issues exactly the dry run's commands (the printed lines are shell words),
+  and creates the slice only when `describe` does not find it."""
+  import shlex
+  env, log = _recorders(tmp_path, ["gcloud", "tar"], describe_rc=0 if exists else 1)
+  args = ["--create", "v4-32", *TPU]
+  dry = subprocess.run(["launch/tpu_vm.sh", "--dry-run", *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+  proc = subprocess.run(["launch/tpu_vm.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stderr
+  expected = [shlex.split(line) for line in dry.stdout.splitlines()]
+  calls = [c for c in _calls(log) if "describe" not in c]
+  assert calls == (expected[1:] if exists else expected)
+
+
+def test_slurm_dry_run_and_run(tmp_path):
+  env, log = _recorders(tmp_path, ["srun"])
+  base = "python -m mlfd_jax.main --config=configs/x.py --workdir=runs/x"
+  cases = [({}, [], f"srun {base} --config.seed=2"),
+           ({"SLURM_NNODES": "4"}, [], f"srun {base} --distributed --config.seed=2"),
+           ({"SLURM_GPUS_ON_NODE": "4"}, ["--per-gpu"],
+            f"srun --ntasks-per-node=4 --gpus-per-task=1 {base} --distributed --config.seed=2")]
+  for extra_env, flags, line in cases:
+    cmd = ["launch/slurm_gpu.sh", *flags, "configs/x.py", "runs/x", "--config.seed=2"]
+    e = {**env, **extra_env}
+    dry = subprocess.run([cmd[0], "--dry-run", *cmd[1:]], cwd=ROOT, env=e, capture_output=True,
+                         text=True)
+    assert (dry.returncode, dry.stdout) == (0, line + "\n")
+    assert subprocess.run(cmd, cwd=ROOT, env=e).returncode == 0
+    assert _calls(log)[-1] == line.split()
+
+
+@pytest.mark.parametrize("script,error", [
+    ("launch/tpu_vm.sh", "tpu_vm.sh: unknown option --bogus; valid: --dry-run, --create TYPE, "
+     "--version V, --delete"),
+    ("launch/slurm_gpu.sh", "slurm_gpu.sh: unknown option --bogus; valid: --dry-run, --per-gpu"),
+])
+def test_launch_scripts_refuse_unknown_options_in_one_line(script, error):
+  proc = subprocess.run([script, "--bogus", "a", "b"], cwd=ROOT, capture_output=True, text=True)
+  assert (proc.returncode, proc.stderr, proc.stdout) == (2, error + "\n", "")
