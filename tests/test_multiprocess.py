@@ -133,3 +133,73 @@ def test_the_teachers_stage_runs_on_two_processes(runs):
     # The same model up to reduction order: at most one test image (of 140) apart.
     assert abs(one["test_top1"] - two["test_top1"]) <= 1 / 140 + 1e-9
 
+
+
+def _slurm_job_id() -> int:
+  """A SLURM job id whose coordinator port (JAX derives it from the id) is free here."""
+  import random
+  low = 65535 - 2**12 + 1  # JAX's ports for SLURM jobs: low + id % 4096
+  for _ in range(100):
+    port = random.randrange(low, 65536)
+    with socket.socket() as s:
+      try:
+        s.bind(("localhost", port))
+      except OSError:
+        continue
+    return port - low
+  raise RuntimeError("no free port in JAX's SLURM range")
+
+
+def test_sigterm_to_one_of_two_slurm_processes_stops_both_at_one_saved_step(tmp_path):
+  """The real command line on two processes that find each other through SLURM's environment
+  (as launch/slurm_gpu.sh starts them): SIGTERM to process 1 alone makes both save the same
+  step and stop; rerunning both resumes there and finishes."""
+  import json
+  import re
+  import signal
+  import time
+  job = str(_slurm_job_id())
+  workdir = tmp_path / "w"
+  args = [sys.executable, "-m", "mlfd_jax.main", "--config=configs/digits.py:tiny",
+          f"--workdir={workdir}", "--distributed", "--config.stage=teachers",
+          "--config.teacher_train.steps=100", "--config.teacher_train.batch_size=16",
+          "--config.teacher_train.eval_every=20", "--config.teacher_train.log_every=10"]
+
+  def start():
+    procs = []
+    for p in range(2):
+      env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+             "SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+             "SLURM_PROCID": str(p), "SLURM_LOCALID": str(p),
+             "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+      procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True))
+    return procs
+
+  procs = start()
+  ckdir = workdir / "teachers" / "digits_a"
+  deadline = time.time() + 300
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if ckdir.is_dir() and any(p.name.isdigit() for p in ckdir.iterdir()):
+      break
+    time.sleep(0.05)
+  assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=180) for p in procs]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, [e[-2000:] for _, e in outs]
+  stops = [re.fullmatch(r"mlfd_jax: stopped by SIGTERM at step (\d+)/100 of teacher/(digits_\w): "
+                        r"its state is saved; rerun the same command to continue\n", e)
+           for _, e in outs]
+  assert all(stops), [e[-2000:] for _, e in outs]
+  step, name = stops[0].groups()
+  assert stops[1].groups() == (step, name) and 0 < int(step) < 100
+  assert (workdir / "teachers" / name / step).is_dir()
+
+  procs = start()
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+  assert all(f"[teacher/{name}] resuming at step {step}/100" in o for o, _ in outs)
+  res = json.loads((workdir / "results.json").read_text())["datasets"]
+  assert sorted(res) == ["digits_a", "digits_b", "digits_c"]
+  assert all(res[n]["teacher"]["last"]["step"] == 100 for n in res)
