@@ -42,15 +42,6 @@ if ((per_gpu)) || ((nodes > 1)); then
   cmd+=(--distributed)
 fi
 cmd+=("$@")
-run() {  # prints the command, shell-quoted so it can be pasted (--dry-run), or runs it
-  if ((dry)); then
-    local out=() a
-    for a in "$@"; do
-      if [[ $a =~ ^[][A-Za-z0-9_./:=@%+,~-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-    done
-    echo "${out[*]}"
-  else
-    "$@"
-  fi
-}
+# shellcheck source=launch/run_or_print.sh
+source launch/run_or_print.sh  # run(): runs a command, or prints it (--dry-run)
 run "${cmd[@]}"

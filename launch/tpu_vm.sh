@@ -37,17 +37,8 @@ tpu=$1 zone=$2 config=$3 workdir=$4; shift 4
 overrides=""
 for o in "$@"; do overrides+=" $(printf '%q' "$o")"; done
 
-run() {  # prints the command, shell-quoted so it can be pasted (--dry-run), or runs it
-  if ((dry)); then
-    local out=() a
-    for a in "$@"; do
-      if [[ $a =~ ^[][A-Za-z0-9_./:=@%+,~-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-    done
-    echo "${out[*]}"
-  else
-    "$@"
-  fi
-}
+# shellcheck source=launch/run_or_print.sh
+source launch/run_or_print.sh  # run(): runs a command, or prints it (--dry-run)
 
 vm=(gcloud compute tpus tpu-vm)
 archive=/tmp/mlfd_jax_code.tgz
