@@ -5,9 +5,8 @@ setting). Batch and schedule are sized for a TPU v4-32 or an 8-GPU box (global b
 bf16 compute, fp32 parameters). The data must already be prepared for TFDS: set
 `--config.data_dir` or TFDS_DATA_DIR.
 
-  # TPU VM pod slice (run on every host, see launch/tpu_vm.sh; gs:// workdirs are not
-  # supported yet, issue 14: use a directory the hosts share):
-  python -m mlfd_jax.main --config=configs/imagenet_subsets.py --workdir=/mnt/shared/mlfd/in3 \
+  # TPU VM pod slice (run on every host, see launch/tpu_vm.sh), workdir in a bucket:
+  python -m mlfd_jax.main --config=configs/imagenet_subsets.py --workdir=gs://BUCKET/mlfd/in3 \
       --config.data_dir=gs://BUCKET/tfds --distributed
   # One 8-GPU box:
   python -m mlfd_jax.main --config=configs/imagenet_subsets.py --workdir=runs/in3 \

@@ -13,12 +13,12 @@ mean against steps (dots: the seeds), and one panel of the paired differences wi
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import sys
 
 import numpy as np
 
-from mlfd_jax import report
+from mlfd_jax import fileio, report
 
 DEFAULT_MODELS = ("individual", "joint_teacher", "mlfd")
 
@@ -139,8 +139,10 @@ def plot(values: dict, diffs: dict, base: str, path: str) -> None:
     ax.legend(fontsize=7)
   fig.suptitle("test top-1 against training budget (line: mean over seeds; dots: each seed)")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
   plt.close(fig)
+  fileio.write_atomic(path, buf.getvalue())
 
 
 def write(specs: list[str], out: str, models: tuple[str, ...], base: str) -> dict[str, str]:
@@ -148,10 +150,9 @@ def write(specs: list[str], out: str, models: tuple[str, ...], base: str) -> dic
   if not values:
     raise ValueError(f"none of the runs holds any of the models {', '.join(models)}")
   diffs = differences(values, base)
-  os.makedirs(out, exist_ok=True)
-  files = {"md": os.path.join(out, "budgets.md"), "png": os.path.join(out, "budgets.png")}
-  with open(files["md"], "w") as f:
-    f.write(format_markdown(values, diffs, base))
+  fileio.makedirs(out)
+  files = {"md": fileio.join(out, "budgets.md"), "png": fileio.join(out, "budgets.png")}
+  fileio.write_atomic(files["md"], format_markdown(values, diffs, base))
   plot(values, diffs, base, files["png"])
   return files
 
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
   except (FileNotFoundError, ValueError) as e:
     print(f"mlfd_jax.budgets: error: {e}", file=sys.stderr)
     return 2
-  print(open(files["md"]).read())
+  print(fileio.read_text(files["md"]))
   print(f"wrote {files['md']} and {files['png']}")
   return 0
 

@@ -12,9 +12,7 @@ shardings), so a checkpoint written on 8 devices restores on 1 and vice versa.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from typing import Any
 
 import jax
@@ -22,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mlfd_jax.fileio import write_json_atomic
+from mlfd_jax import fileio
 
 VAL_METRIC = "val_top1"
 
@@ -45,7 +43,7 @@ class Checkpoints:
   """A thin wrapper over `ocp.CheckpointManager` with the project's policies."""
 
   def __init__(self, directory: str, *, keep: int = 2, read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = fileio.resolve(directory)
     policies = ocp.checkpoint_managers
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
@@ -89,10 +87,13 @@ class Checkpoints:
     return max(scored)[1] if scored else None
 
   def saved_at(self, step: int) -> int | None:
-    """When step `step` was written (ns since the epoch): tells a retrained model's checkpoint
-    from an earlier one of the same step number."""
-    path = os.path.join(self.directory, str(step))
-    return os.stat(path).st_mtime_ns if os.path.isdir(path) else None
+    """When step `step` was committed (ns since the epoch, from orbax's metadata beside it):
+    tells a retrained model's checkpoint from an earlier one of the same step number."""
+    path = fileio.join(self.directory, str(step), "_CHECKPOINT_METADATA")
+    try:
+      return json.loads(fileio.read_text(path)).get("commit_timestamp_nsecs")
+    except (OSError, ValueError):
+      return None
 
   # Save / restore ---------------------------------------------------------------------------
   def save(self, step: int, model: Any, train: Any,
@@ -110,9 +111,12 @@ class Checkpoints:
       except Exception:  # noqa: BLE001  # they fail the same way; the first error is reported
         pass
       if jax.process_index() == 0:
-        for name in os.listdir(self.directory):
+        for name in fileio.listdir(self.directory):
           if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            try:
+              fileio.rmtree(fileio.join(self.directory, name))
+            except OSError:
+              pass
       raise CheckpointWriteError(f"cannot write checkpoint step {step} to {self.directory} "
                                  f"({_write_failure(e)}); the steps saved before it are kept"
                                  ) from e
@@ -153,11 +157,11 @@ class Checkpoints:
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
-      os.makedirs(self.damaged_dir, exist_ok=True)
-      target = os.path.join(self.damaged_dir, str(step))
-      while os.path.exists(target):
+      fileio.makedirs(self.damaged_dir)
+      target = fileio.join(self.damaged_dir, str(step))
+      while fileio.exists(target):
         target += "_"
-      os.replace(os.path.join(self.directory, str(step)), target)
+      fileio.move_tree(fileio.join(self.directory, str(step)), target)
     multihost_utils.sync_global_devices(f"set aside {self.directory}/{step}") \
         if jax.process_count() > 1 else None
     self.manager.reload()
@@ -168,14 +172,13 @@ class Checkpoints:
   # The config beside the checkpoints ---------------------------------------------------------
   def write_config(self, config_dict: dict) -> None:
     if jax.process_index() == 0:
-      write_json_atomic(os.path.join(self.directory, "config.json"), config_dict)
+      fileio.write_json_atomic(fileio.join(self.directory, "config.json"), config_dict)
 
   def read_config(self) -> dict | None:
-    path = os.path.join(self.directory, "config.json")
-    if not os.path.exists(path):
+    path = fileio.join(self.directory, "config.json")
+    if not fileio.exists(path):
       return None
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(fileio.read_text(path))
 
 
 def meta_mismatch(stored: dict | None, meta: dict) -> tuple[str, Any, Any] | None:

@@ -11,10 +11,13 @@ convergence. Reads `DIR/tensorboard/<stage>/<name>/` (see the README's workdir l
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 
 import numpy as np
+
+from mlfd_jax import fileio
 
 STAGE_LABELS = {"teachers": "individual", "joint": "joint_teacher",
                 "baseline_joint": "baseline_joint", "students": "mlfd"}
@@ -47,12 +50,12 @@ def collect(workdirs: list[str]) -> dict[str, dict[str, list[list[tuple[int, flo
   """{dataset: {model label: [validation curve of each workdir]}}."""
   table: dict[str, dict[str, list]] = {}
   for workdir in workdirs:
-    root = os.path.join(workdir, "tensorboard")
-    if not os.path.isdir(root):
+    root = fileio.join(workdir, "tensorboard")
+    if not fileio.isdir(root):
       raise FileNotFoundError(f"no TensorBoard files at {root}")
-    for stage in sorted(os.listdir(root)):
-      for name in sorted(os.listdir(os.path.join(root, stage))):
-        scalars = read_scalars(os.path.join(root, stage, name))
+    for stage in fileio.listdir(root):
+      for name in fileio.listdir(fileio.join(root, stage)):
+        scalars = read_scalars(fileio.join(root, stage, name))
         per_head = {t.split("/", 1)[1]: v for t, v in scalars.items()
                     if t.startswith("val_top1/")}
         curves = per_head or ({name: scalars["val_top1"]} if "val_top1" in scalars else {})
@@ -93,8 +96,10 @@ def plot(table: dict, path: str, title: str) -> None:
              loc="lower center", ncol=min(len(handles), 6))
   fig.suptitle(title)
   fig.tight_layout(rect=(0, 0.1, 1, 1))
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
   plt.close(fig)
+  fileio.write_atomic(path, buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -108,7 +113,7 @@ def main(argv=None) -> int:
   except (FileNotFoundError, KeyError) as e:
     print(f"mlfd_jax.curves: error: {e}", file=sys.stderr)
     return 2
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  fileio.makedirs(os.path.dirname(fileio.resolve(args.out)))
   plot(table, args.out, args.title)
   for dataset, row in sorted(table.items()):
     for label, runs in row.items():

@@ -52,11 +52,14 @@ def _route_logs() -> None:
 
 
 def _quiet_library_info_logs() -> None:
-  """Orbax logs every save/restore step at INFO; keep its warnings, drop the chatter (and the
-  asyncio copies of a failed save's error, which the run reports in one line)."""
+  """Orbax logs every save/restore step at INFO, gcsfs every file it opens in a bucket; keep
+  their warnings, drop the chatter (and the asyncio copies of a failed save's error, which the
+  run reports in one line)."""
   def keep(record) -> bool:
     if record.name == "asyncio" and "/orbax/" in record.getMessage():
       return False  # a failed save's writer tasks, reported once as CheckpointWriteError
+    if record.name.split(".")[0] in ("gcsfs", "fsspec"):
+      return record.levelno >= logging.converter.STANDARD_WARNING
     if "/orbax/" not in record.pathname:
       return True
     # (A preemption save has no validation metric, by design: orbax warns about that.)
@@ -91,6 +94,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   _route_logs()
+  _quiet_library_info_logs()
   try:
     if _DISTRIBUTED.value:
       jax.distributed.initialize()
@@ -98,7 +102,6 @@ def main(argv) -> None:
     # on it fails with one line and nothing else.
     path = workdir_lib.check_writable(_WORKDIR.value)
     with workdir_lib.Lock(path, command=" ".join(sys.argv)):
-      _quiet_library_info_logs()
       logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                    jax.process_count(), jax.local_device_count(), jax.device_count(),
                    jax.devices()[0].platform)

@@ -14,12 +14,14 @@ that a dataset has no run of shows as `—`, never as zero.
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 from typing import Iterable
 
 import numpy as np
+
+from mlfd_jax import fileio
 
 ORDER = ("individual", "baseline_joint", "joint_teacher", "kd", "mlfd_last", "mlfd", "avg_kd",
          "amtml", "feed", "feed_seq")
@@ -45,16 +47,15 @@ def load_runs(paths: Iterable[str]) -> list[dict]:
   runs = []
   for path in paths:
     group = ""
-    if "=" in path and not os.path.exists(path):
+    if "=" in path and not fileio.exists(path):
       group, path = path.split("=", 1)
-    file = os.path.join(path, "results.json") if os.path.isdir(path) else path
-    if not os.path.exists(file):
+    file = fileio.join(path, "results.json") if fileio.isdir(path) else path
+    if not fileio.exists(file):
       raise FileNotFoundError(f"no results.json at {file}")
-    with open(file) as f:
-      try:
-        runs.append({**json.load(f), "_group": group})
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{file} is not valid JSON ({e})") from None
+    try:
+      runs.append({**json.loads(fileio.read_text(file)), "_group": group})
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{file} is not valid JSON ({e})") from None
   return runs
 
 
@@ -193,13 +194,15 @@ def plot(table: dict, path: str, title: str) -> None:
   axes[0][0].set_ylabel("test top-1 (%)")
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
   plt.close(fig)
+  fileio.write_atomic(path, buf.getvalue())
 
 
 def write_report(paths: list[str], out: str) -> dict[str, str]:
   runs = load_runs(paths)
-  os.makedirs(out, exist_ok=True)
+  fileio.makedirs(out)
   best, last = collect(runs, "best"), collect(runs, "last")
   md = ["# Results", "",
         f"Test top-1 (%), mean ± sample std over runs; {len(runs)} results files: "
@@ -211,9 +214,8 @@ def write_report(paths: list[str], out: str) -> dict[str, str]:
          format_per_run(paired_differences(values),
                         "Paired difference to `individual` (same run, so same seed), points",
                         signed=True)]
-  files = {"md": os.path.join(out, "results.md"), "png": os.path.join(out, "results.png")}
-  with open(files["md"], "w") as f:
-    f.write("\n".join(md))
+  files = {"md": fileio.join(out, "results.md"), "png": fileio.join(out, "results.png")}
+  fileio.write_atomic(files["md"], "\n".join(md))
   plot(best, files["png"], "test top-1, best-by-validation checkpoint (mean ± std)")
   return files
 
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
   except (FileNotFoundError, ValueError) as e:
     print(f"mlfd_jax.report: error: {e}", file=sys.stderr)
     return 2
-  print(open(files["md"]).read())
+  print(fileio.read_text(files["md"]))
   print(f"wrote {files['md']} and {files['png']}")
   return 0
 

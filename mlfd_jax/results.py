@@ -21,24 +21,23 @@ from typing import Any
 
 import jax
 
-from mlfd_jax.fileio import write_json_atomic
+from mlfd_jax import fileio
 
 FILENAME = "results.json"
 
 
 def path(workdir: str) -> str:
-  return os.path.join(workdir, FILENAME)
+  return fileio.join(workdir, FILENAME)
 
 
 def load(workdir: str) -> dict[str, Any]:
   p = path(workdir)
-  if not os.path.exists(p):
+  if not fileio.exists(p):
     return {"datasets": {}}
-  with open(p) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{p} is not valid JSON ({e}); move it away to start a new one") from None
+  try:
+    return json.loads(fileio.read_text(p))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{p} is not valid JSON ({e}); move it away to start a new one") from None
 
 
 @functools.cache
@@ -77,7 +76,7 @@ def record(workdir: str, *, config_path: str, seed: int, dataset: str, num_class
   ds = res.setdefault("datasets", {}).setdefault(dataset, {})
   ds["num_classes"] = num_classes
   ds[model] = {**entry, "machine": machine()}
-  write_json_atomic(path(workdir), res)
+  fileio.write_json_atomic(path(workdir), res)
 
 
 def is_current(workdir: str, dataset: str, model: str, best_step: int | None,

@@ -1,10 +1,12 @@
 """The workdir: checked writable before anything runs, and held by one run at a time.
 
 Two runs on one workdir would interleave checkpoints and overwrite each other's results.json.
-Process 0 holds an exclusive `flock` on `WORKDIR/.lock` for the life of the run; the kernel
-drops it when the process ends, however it ends (`kill -9` included), so a killed run never
-leaves the workdir stuck. The file itself says who holds it, for the error message, and a run
-that ends normally removes it.
+Process 0 holds `WORKDIR/.lock` for the life of the run, and the file says who holds it, for
+the error message; a run that ends normally removes it. On a local disk the hold is an
+exclusive `flock`, which the kernel drops when the process ends, however it ends (`kill -9`
+included). A bucket has no locks: there the file carries a heartbeat the holder rewrites every
+`HEARTBEAT_S` seconds, a lock whose heartbeat is older than `STALE_S` is a killed run's and is
+taken over, and a run that finds its own token gone after writing it lost a race and stops.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
+import uuid
 
 import jax
 
+from mlfd_jax import fileio
+
 LOCK_NAME = ".lock"
+HEARTBEAT_S = 30.0  # how often a bucket lock's holder rewrites it
+STALE_S = 180.0  # a bucket lock not rewritten for this long belongs to a run that was killed
 
 
 class WorkdirInUse(Exception):
@@ -25,18 +33,19 @@ class WorkdirInUse(Exception):
 
 
 def check_writable(workdir: str) -> str:
-  """Creates `workdir` if needed and fails early, in one line, if it cannot be written."""
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  """Creates `workdir` if needed and fails early, in one line, if it cannot be written.
+  Returns it absolute (a local path) or as given (a URL such as gs://bucket/run)."""
+  workdir = fileio.resolve(workdir)
+  if fileio.exists(workdir) and not fileio.isdir(workdir):
     raise NotADirectoryError(f"workdir {workdir} is a file, not a directory")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
+    fileio.makedirs(workdir)
+    probe = fileio.join(workdir, f".write_test.{os.getpid()}")
+    fileio.write_atomic(probe, "")
+    fileio.remove(probe)
   except OSError as e:
-    raise PermissionError(f"workdir {workdir} is not writable ({e.strerror})") from None
+    raise PermissionError(f"workdir {workdir} is not writable ({fileio.describe_error(e)})"
+                          ) from None
   return workdir
 
 
@@ -44,18 +53,29 @@ def use_compilation_cache(workdir: str) -> None:
   """Caches XLA compilations on disk: identical programs (two teachers of one architecture,
   a rerun, a resume) compile once. `JAX_COMPILATION_CACHE_DIR` overrides the location."""
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", fileio.join(workdir, "jax_cache"))
 
 
 _HELD: set[str] = set()  # lock files this process holds (taking one again is a no-op)
+
+
+def _holder() -> dict:
+  return {"pid": os.getpid(), "host": socket.gethostname(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _in_use(workdir: str, holder: str) -> WorkdirInUse:
+  return WorkdirInUse(f"workdir {workdir} is in use by another run ({holder}); wait for it "
+                      f"to end or use another --workdir")
 
 
 class Lock:
   """The exclusive hold of one run (process 0) on a workdir, as a context manager."""
 
   def __init__(self, workdir: str, command: str = ""):
-    self.path, self.command = os.path.join(workdir, LOCK_NAME), command
-    self._fd = None
+    self.workdir, self.command = workdir, command
+    self.path = fileio.join(workdir, LOCK_NAME)
+    self._held = None  # _FileLock or _ObjectLock while held
 
   def __enter__(self) -> "Lock":
     # Process 0 holds it. Asking jax for the process index only after a distributed start
@@ -63,34 +83,98 @@ class Lock:
     main = not jax.distributed.is_initialized() or jax.process_index() == 0
     if not main or self.path in _HELD:
       return self
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    kind = _ObjectLock if fileio.is_url(self.path) else _FileLock
+    self._held = kind(self.workdir, self.path, {**_holder(), "command": self.command})
+    _HELD.add(self.path)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    """Removes the lock file (a finished run leaves the workdir as it found it) and lets go."""
+    if self._held is None:
+      return
+    self._held.release()
+    self._held = None
+    _HELD.discard(self.path)
+
+
+class _FileLock:
+  """An exclusive `flock` on a local lock file."""
+
+  def __init__(self, workdir: str, path: str, info: dict):
+    self.path = path
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = _read_holder(fd)
       os.close(fd)
-      raise WorkdirInUse(f"workdir {os.path.dirname(self.path)} is in use by another run "
-                         f"({holder}); wait for it to end or use another --workdir") from None
+      raise _in_use(workdir, holder) from None
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                             "command": self.command}).encode())
+    os.write(fd, json.dumps(info).encode())
     self._fd = fd
-    _HELD.add(self.path)
-    return self
 
-  def __exit__(self, *exc) -> None:
-    """Removes the lock file (a finished run leaves the workdir as it found it) and drops the
-    flock by closing the descriptor."""
-    if self._fd is None:
-      return
+  def release(self) -> None:
     try:
       os.remove(self.path)
     except OSError:
       pass
     os.close(self._fd)
-    self._fd = None
-    _HELD.discard(self.path)
+
+
+class _ObjectLock:
+  """A lock object in a bucket, kept alive by a heartbeat thread."""
+
+  SETTLE_S = 1.0  # wait after writing, then read back: two runs that raced see one winner
+
+  def __init__(self, workdir: str, path: str, info: dict):
+    self.path, self.token = path, uuid.uuid4().hex
+    current = self._read()
+    if current and time.time() - current.get("heartbeat", 0) < STALE_S:
+      raise _in_use(workdir, _describe(current))
+    self.info = {**info, "token": self.token}
+    self._write()
+    time.sleep(self.SETTLE_S)
+    if (self._read() or {}).get("token") != self.token:
+      raise _in_use(workdir, _describe(self._read() or {}))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
+    self._thread.start()
+
+  def _read(self) -> dict | None:
+    try:
+      return json.loads(fileio.read_text(self.path) or "{}")
+    except FileNotFoundError:
+      return None
+    except ValueError:
+      return {}
+
+  def _write(self) -> None:
+    fileio.write_atomic(self.path, json.dumps({**self.info, "heartbeat": time.time()}))
+
+  def _beat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_S):
+      try:
+        self._write()
+      except OSError:  # a transient storage error: the next beat tries again
+        pass
+
+  def release(self) -> None:
+    self._stop.set()
+    self._thread.join()
+    try:
+      if (self._read() or {}).get("token") == self.token:
+        fileio.remove(self.path)
+    except OSError:
+      pass
+
+
+def _describe(info: dict) -> str:
+  if not info:
+    return "holder unknown"
+  text = f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
+  if "heartbeat" in info:
+    text += f", alive {time.time() - info['heartbeat']:.0f} s ago"
+  return text
 
 
 def _read_holder(fd: int) -> str:
@@ -99,6 +183,4 @@ def _read_holder(fd: int) -> str:
     info = json.loads(os.read(fd, 4096).decode() or "{}")
   except (OSError, ValueError):
     info = {}
-  if not info:
-    return "holder unknown"
-  return f"pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
+  return _describe(info)

@@ -8,12 +8,12 @@ single-process batch.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from mlfd_jax import fileio
 from mlfd_jax.data import base
 from mlfd_jax.data import preprocess
 from mlfd_jax.data import subsets
@@ -151,11 +151,11 @@ def from_arrays(cfg: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x
 def npz_source(cfg) -> ArrayDataset:
   """`path`: an .npz with x_train, y_train, x_test, y_test (uint8 NHWC or NHW, int labels)."""
   cfg = base.parse_config(cfg, {"path": base.REQUIRED, "num_classes": None})
-  path = os.path.expanduser(str(cfg["path"]))
-  if not os.path.isfile(path):
+  path = fileio.expand(str(cfg["path"]))
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"dataset {cfg['name']!r}: npz file not found: {path}")
   try:
-    with np.load(path) as f:
+    with fileio.path(path).open("rb") as fh, np.load(fh) as f:
       missing = [key for key in _ARRAY_KEYS if key not in f.files]
       if missing:
         raise ValueError(f"{path}: missing array {missing[0]!r} (has: {', '.join(f.files)}; "

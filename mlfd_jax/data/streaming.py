@@ -19,13 +19,12 @@ one epoch. Folders and arrays index a per-epoch permutation directly and skip no
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mlfd_jax import tf_import
+from mlfd_jax import fileio, tf_import
 
 tf = tf_import.tensorflow()
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -249,17 +248,17 @@ class FolderDataset(StreamingDataset):
   def __init__(self, cfg: dict[str, Any]):
     self.name, self.image_size = cfg["name"], int(cfg["image_size"])
     self.flip, self.pad = bool(cfg["flip"]), int(cfg["pad"])
-    root = os.path.expanduser(str(cfg["path"]))
-    train_dir = os.path.join(root, cfg["train_split"])
-    if not os.path.isdir(train_dir):
+    root = fileio.expand(str(cfg["path"]))
+    train_dir = fileio.join(root, cfg["train_split"])
+    if not fileio.isdir(train_dir):
       raise FileNotFoundError(f"dataset {self.name!r}: image folder not found: {train_dir}")
-    self.class_names = sorted(d for d in os.listdir(train_dir)
-                              if os.path.isdir(os.path.join(train_dir, d)))
+    self.class_names = [d for d in fileio.listdir(train_dir)
+                        if fileio.isdir(fileio.join(train_dir, d))]
     if not self.class_names:
       raise ValueError(f"dataset {self.name!r}: no class folders in {train_dir}")
     source_classes = len(self.class_names)
     paths, labels = self._list(train_dir)
-    test_paths, test_labels = self._list(os.path.join(root, cfg["test_split"]))
+    test_paths, test_labels = self._list(fileio.join(root, cfg["test_split"]))
     classes = cfg["classes"]
     if classes is not None:
       subsets.check_classes(classes, source_classes, f"dataset {self.name!r}")
@@ -273,10 +272,10 @@ class FolderDataset(StreamingDataset):
                   "test": (test_paths[keep_te], test_labels)}
 
   def _list(self, split_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    if not os.path.isdir(split_dir):
+    if not fileio.isdir(split_dir):
       raise FileNotFoundError(f"dataset {self.name!r}: image folder not found: {split_dir}")
-    all_names = sorted(d for d in os.listdir(split_dir)
-                       if os.path.isdir(os.path.join(split_dir, d)))
+    all_names = [d for d in fileio.listdir(split_dir)
+                 if fileio.isdir(fileio.join(split_dir, d))]
     index = {c: i for i, c in enumerate(self.class_names)}
     unknown = [c for c in all_names if c not in index]
     if unknown:
@@ -284,9 +283,9 @@ class FolderDataset(StreamingDataset):
                        f"{unknown}")
     paths, labels = [], []
     for c in all_names:
-      files = sorted(f for f in os.listdir(os.path.join(split_dir, c))
-                     if f.lower().endswith(_IMAGE_EXTENSIONS))
-      paths += [os.path.join(split_dir, c, f) for f in files]
+      files = [f for f in fileio.listdir(fileio.join(split_dir, c))
+               if f.lower().endswith(_IMAGE_EXTENSIONS)]
+      paths += [fileio.join(split_dir, c, f) for f in files]
       labels += [index[c]] * len(files)
     return np.asarray(paths, dtype=object).astype(str), np.asarray(labels, np.int32)
 

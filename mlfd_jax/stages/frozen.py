@@ -7,10 +7,9 @@ fails in one line that names the directory, what is wrong, and the command that 
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
-from mlfd_jax import checkpoint, parallel, train
+from mlfd_jax import checkpoint, fileio, parallel, train
 from mlfd_jax.stages import probes, specs
 
 if TYPE_CHECKING:
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 
 def open_checkpoints(directory: str) -> checkpoint.Checkpoints | None:
   """A read-only manager of `directory`, or None if no process sees it."""
-  if not parallel.agree(os.path.isdir(directory)):
+  if not parallel.agree(fileio.isdir(directory)):
     return None
   return checkpoint.Checkpoints(directory, read_only=True)
 

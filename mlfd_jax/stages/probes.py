@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mlfd_jax import parallel
+from mlfd_jax import fileio, parallel
 from mlfd_jax.data import augment
 from mlfd_jax.functional import linear_apply
 
@@ -96,7 +96,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 30
 
 
 def probe_path(workdir: str, target: str, teacher: str) -> str:
-  return os.path.join(workdir, DIRNAME, target, f"{teacher}.npz")
+  return fileio.join(workdir, DIRNAME, target, f"{teacher}.npz")
 
 
 def variables_digest(variables) -> str:
@@ -118,9 +118,9 @@ def probe_key(teacher_digest: str, *, examples: int, steps: int) -> str:
 
 def load_saved(path: str, key: str, num_classes: int) -> dict | None:
   """The probe saved at `path` if it was fitted for this teacher and settings, else None."""
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return None
-  with np.load(path) as f:
+  with fileio.path(path).open("rb") as fh, np.load(fh) as f:
     probe = {"kernel": f["kernel"], "bias": f["bias"]}
     meta = json.loads(str(f["meta"])) if "meta" in f else {}
   if meta.get("key") != key or probe["kernel"].shape[1] != num_classes:
@@ -156,8 +156,6 @@ def load_or_fit(workdir: str, target: str, teacher: str, fn, variables, size: in
 
 def save(path: str, probe: dict, *, val_top1: float, meta: dict) -> None:
   """Writes a probe atomically (a crash leaves the old file or none, never half of one)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, kernel=probe["kernel"], bias=probe["bias"], val_top1=val_top1,
-           meta=json.dumps(meta))
-  os.replace(tmp, path)
+  fileio.makedirs(os.path.dirname(path))
+  fileio.savez_atomic(path, kernel=probe["kernel"], bias=probe["bias"], val_top1=val_top1,
+                      meta=json.dumps(meta))
