@@ -74,6 +74,7 @@ def run_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.stage = "all"
   c.seed = 0
   c.num_devices = 0  # 0: all devices
+  c.sharding = "replicated"  # or "fsdp": trained models' state split over the devices
   c.student_datasets = ""  # comma-separated datasets that get students; empty: all
   return c
 

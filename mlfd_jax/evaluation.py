@@ -32,8 +32,10 @@ class Evaluator:
   def __init__(self, predict: Callable[..., jax.Array], frozen: Any, mesh, batch_size: int):
     self.predict, self.frozen, self.mesh, self.batch_size = predict, frozen, mesh, batch_size
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    # The model's variables keep the layout they come in (replicated, or fsdp-sharded by the
+    # trainer); the frozen models are replicated.
     self._eval = jax.jit(self._eval_step, static_argnums=(3,),
-                         in_shardings=(repl, repl, data), out_shardings=repl)
+                         in_shardings=(None, repl, data), out_shardings=repl)
 
   def _eval_step(self, model, frozen, batch, head):
     images = augment.normalize(batch["image"])

@@ -1,40 +1,70 @@
 """Device mesh, shardings, and host batches -> global `jax.Array`s.
 
-One `data` mesh axis: batches are split along it, state is replicated. Under `jax.jit` this makes
-BatchNorm statistics global (XLA inserts the all-reduce), so the same code runs unchanged on one
-device, eight fake CPU devices, a GPU box or a TPU pod slice.
+A 2-D mesh `(data, fsdp)`. Batches are split over all of its devices (both axes). The state of
+what trains (parameters, BatchNorm statistics, optimizer state) is either replicated
+(`sharding="replicated"`: the fsdp axis has size 1) or, with `sharding="fsdp"`, sharded over the
+fsdp axis, which then spans every device, ZeRO-3 style: each large tensor is split along its
+largest dimension that the axis divides, small ones stay replicated, and XLA gathers a tensor
+where a step needs it whole. Under `jax.jit` the same code runs unchanged on one device, eight
+fake CPU devices, a GPU box or a TPU pod slice; BatchNorm statistics are global (XLA inserts the
+all-reduce). Frozen models (teachers, joint teachers) are restored replicated.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-DATA_AXIS = "data"
+DATA_AXIS, FSDP_AXIS = "data", "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # a batch is split over every device of the mesh
+SHARDINGS = ("replicated", "fsdp")
+FSDP_MIN_SIZE = 2 ** 12  # tensors with fewer elements stay replicated under fsdp
 
 
-def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh over all (or the first `num_devices`) devices."""
+def make_mesh(num_devices: int | None = None, sharding: str = "replicated") -> jax.sharding.Mesh:
+  """A `(data, fsdp)` mesh over all (or the first `num_devices`) devices: `(n, 1)` for
+  replicated state, `(1, n)` for fsdp."""
+  if sharding not in SHARDINGS:
+    raise ValueError(f"sharding={sharding!r} is not one of: {', '.join(SHARDINGS)}")
   devices = jax.devices()
   n = len(devices) if num_devices is None else num_devices
   if not 1 <= n <= len(devices):
     raise ValueError(f"num_devices={n} but {len(devices)} devices are available")
-  return jax.make_mesh((n,), (DATA_AXIS,), devices=devices[:n],
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  shape = (n, 1) if sharding == "replicated" else (1, n)
+  return jax.make_mesh(shape, BATCH_AXES, devices=devices[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def data_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def leaf_sharding(shape: tuple[int, ...], mesh) -> NamedSharding:
+  """Where one state tensor lives: split along its largest dimension the fsdp axis divides
+  (the later one on a tie), or replicated if it is small or none divides."""
+  n = mesh.shape[FSDP_AXIS]
+  if n == 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
+    return replicated(mesh)
+  fits = [(size, dim) for dim, size in enumerate(shape) if size % n == 0]
+  if not fits:
+    return replicated(mesh)
+  dim = max(fits)[1]
+  return NamedSharding(mesh, P(*([None] * dim), FSDP_AXIS))
+
+
+def state_shardings(tree: Any, mesh) -> Any:
+  """The sharding of every leaf of a (possibly abstract) state tree, by `leaf_sharding`."""
+  return jax.tree.map(lambda x: leaf_sharding(tuple(x.shape), mesh), tree)
 
 
 def check_batch_size(batch_size: int, mesh, key: str = "batch_size") -> None:

@@ -212,26 +212,26 @@ class Trainer:
                                                   total_steps)
     self.evaluator = Evaluator(task.predict, task.frozen, mesh, eval_batch_size(train_cfg))
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    self._step = jax.jit(self._train_step, in_shardings=(repl, repl, repl, data, repl),
-                         out_shardings=(repl, repl, repl), donate_argnums=(0, 1))
+    # Replicated, or split over the mesh's fsdp axis (parallel.py), leaf by leaf.
+    self.shardings = parallel.state_shardings(jax.eval_shape(self._make, jax.random.key(0)), mesh)
+    self._step = jax.jit(self._train_step, in_shardings=(*self.shardings, repl, data, repl),
+                         out_shardings=(*self.shardings, repl), donate_argnums=(0, 1))
 
   # State ----------------------------------------------------------------------------------
+  def _make(self, key) -> tuple[dict, dict]:
+    model = self.task.init(key)
+    return model, {"step": jnp.zeros((), jnp.int32), "opt_state": self.tx.init(model["params"])}
+
   def init(self, key) -> tuple[dict, dict]:
-    """Fresh (model, train state) variables, replicated on the mesh."""
-    repl = parallel.replicated(self.mesh)
-
-    def make(key):
-      model = self.task.init(key)
-      return model, {"step": jnp.zeros((), jnp.int32),
-                     "opt_state": self.tx.init(model["params"])}
-
-    return jax.jit(make, out_shardings=(repl, repl))(key)
+    """Fresh (model, train state) variables, laid out on the mesh as `self.shardings`."""
+    return jax.jit(self._make, out_shardings=self.shardings)(key)
 
   def abstract(self):
-    """Shapes, dtypes and shardings of (model, train state): the targets a restore fills."""
-    repl = parallel.replicated(self.mesh)
-    model, train_state = jax.eval_shape(self.init, jax.random.key(0))
-    return checkpoint.abstract_like(model, repl), checkpoint.abstract_like(train_state, repl)
+    """Shapes, dtypes and shardings of (model, train state): the targets a restore fills (so a
+    checkpoint saved under one sharding or device count restores under another)."""
+    shapes = jax.eval_shape(self._make, jax.random.key(0))
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        shapes, self.shardings)
 
   # The jitted body --------------------------------------------------------------------------
   def _train_step(self, model, train_state, frozen, batch, base_key):

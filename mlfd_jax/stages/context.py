@@ -8,10 +8,9 @@ arguments.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from mlfd_jax import data, logs, parallel
+from mlfd_jax import data, fileio, logs, parallel
 
 
 class RunContext:
@@ -24,7 +23,8 @@ class RunContext:
     self.names: tuple[str, ...] = tuple(config.datasets.keys())
     if not self.names:
       raise ValueError("config.datasets is empty: configure at least one dataset")
-    self.mesh = parallel.make_mesh(int(config.get("num_devices", 0) or 0) or None)
+    self.mesh = parallel.make_mesh(int(config.get("num_devices", 0) or 0) or None,
+                                   str(config.get("sharding", "replicated")))
     self.frozen = FrozenModels(self)
     self._datasets: dict[str, Any] = {}
     self._built: dict[tuple, Any] = {}
@@ -54,7 +54,7 @@ class RunContext:
 
   # Paths ------------------------------------------------------------------------------------
   def path(self, *parts: str) -> str:
-    return os.path.join(self.workdir, *parts)
+    return fileio.join(self.workdir, *parts)
 
   def writer(self, directory: str):
     """The TensorBoard writer of the model trained in `WORKDIR/<directory>`."""
