@@ -1,10 +1,12 @@
 """Exact resume: `stage=all` killed with SIGKILL at several points (inside each stage, between
-stages, while a checkpoint is being written) and rerun with the same command ends with the same
-parameters, bit for bit, and the same results.json numbers as a run that was never killed."""
+stages, while a checkpoint is being written), and the joint baseline and a teacher-sourced
+method's students killed inside their training, then rerun with the same command, end with the
+same parameters, bit for bit, and the same results.json numbers as a run that was never killed."""
 
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +23,8 @@ ARGS = ["--config=configs/digits.py:tiny", "--config.teacher_train.steps=12",
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
-def _command(workdir):
-  return [sys.executable, "-m", "mlfd_jax.main", *ARGS, f"--workdir={workdir}"]
+def _command(workdir, *extra):
+  return [sys.executable, "-m", "mlfd_jax.main", *ARGS, f"--workdir={workdir}", *extra]
 
 
 def _steps(d: pathlib.Path) -> list[int]:
@@ -43,10 +45,10 @@ POINTS = [
 ]
 
 
-def _kill_when(workdir, predicate, timeout=600) -> bool:
+def _kill_when(workdir, predicate, *extra, timeout=600) -> bool:
   """Starts the command, SIGKILLs it once `predicate(workdir)` holds; False if it ended first."""
-  proc = subprocess.Popen(_command(workdir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(_command(workdir, *extra), cwd=ROOT, env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + timeout
   try:
     while proc.poll() is None and time.time() < deadline:
@@ -96,6 +98,36 @@ def test_kill_9_anywhere_in_stage_all_then_rerun_equals_an_uninterrupted_run(tmp
   assert r.returncode == 0, r.stderr[-3000:]
   a, b = _latest_models(killed), _latest_models(whole)
   assert sorted(a) == sorted(b) and len(a) == 7  # 3 teachers, the joint teacher, 3 students
+  for name in a:
+    assert all(np.array_equal(x, y) for x, y in zip(a[name], b[name])), name
+  assert _numbers(killed) == _numbers(whole)
+
+
+# Models trained outside `stage=all`: (their checkpoint directory, the flags that train them).
+EXTRA = [
+    ("baseline_joint/joint", ["--config.stage=baseline_joint"]),
+    ("students_amtml/digits_a", ["--config.stage=students", "--config.distill.method=amtml",
+                                 "--config.student_datasets=digits_a"]),
+]
+
+
+def _run_ok(workdir, *extra):
+  r = subprocess.run(_command(workdir, *extra), cwd=ROOT, env=ENV, capture_output=True,
+                     text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_kill_9_inside_the_joint_baseline_and_amtml_students_then_rerun_is_exact(tmp_path):
+  whole, killed = tmp_path / "whole", tmp_path / "killed"
+  _run_ok(whole, "--config.stage=teachers")
+  shutil.copytree(whole, killed)  # the same finished teachers on both sides
+  for directory, flags in EXTRA:
+    _run_ok(whole, *flags)
+    assert _kill_when(killed, lambda w, d=directory: bool(_steps(w / d)), *flags), directory
+    assert max(_steps(killed / directory)) < 12, f"{directory} was not cut short"
+    _run_ok(killed, *flags)
+  a, b = _latest_models(killed), _latest_models(whole)
+  assert sorted(a) == sorted(b) and len(a) == 5  # 3 teachers, the baseline, 1 amtml student
   for name in a:
     assert all(np.array_equal(x, y) for x, y in zip(a[name], b[name])), name
   assert _numbers(killed) == _numbers(whole)
