@@ -116,8 +116,8 @@ ENTRY_ERRORS = [
      "teacher_train.steps, teacher_train.dtype, teacher_train.epochs"),
     (["--config.no_such_key=1"],
      "unknown config key 'no_such_key' (--config.no_such_key); keys: datasets, distill, joint, "
-     "joint_train, num_devices, seed, stage, student_datasets, student_train, students, "
-     "teacher_train, teachers"),
+     "joint_train, num_devices, seed, sharding, stage, student_datasets, student_train, "
+     "students, teacher_train, teachers"),
     (["--config.seed=abc"], "--config.seed=abc: seed is an int; got 'abc'"),
     (["--config.joint.width=wide"], "--config.joint.width=wide: joint.width is an int; got 'wide'"),
     (["--config.joint.finetune_teachers=maybe"],
