@@ -13,7 +13,6 @@ mean against steps (dots: the seeds), and one panel of the paired differences wi
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 import numpy as np
@@ -139,10 +138,8 @@ def plot(values: dict, diffs: dict, base: str, path: str) -> None:
     ax.legend(fontsize=7)
   fig.suptitle("test top-1 against training budget (line: mean over seeds; dots: each seed)")
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110)
+  fileio.save_figure(fig, path, dpi=110)
   plt.close(fig)
-  fileio.write_atomic(path, buf.getvalue())
 
 
 def write(specs: list[str], out: str, models: tuple[str, ...], base: str) -> dict[str, str]:

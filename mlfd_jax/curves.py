@@ -11,7 +11,6 @@ convergence. Reads `DIR/tensorboard/<stage>/<name>/` (see the README's workdir l
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 
@@ -96,10 +95,8 @@ def plot(table: dict, path: str, title: str) -> None:
              loc="lower center", ncol=min(len(handles), 6))
   fig.suptitle(title)
   fig.tight_layout(rect=(0, 0.1, 1, 1))
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110)
+  fileio.save_figure(fig, path, dpi=110)
   plt.close(fig)
-  fileio.write_atomic(path, buf.getvalue())
 
 
 def main(argv=None) -> int:

@@ -93,10 +93,6 @@ def read_text(p: str) -> str:
   return epath.Path(p).read_text()
 
 
-def read_bytes(p: str) -> bytes:
-  return epath.Path(p).read_bytes()
-
-
 def write_atomic(p: str, data: str | bytes) -> None:
   """Writes a file so that a crash leaves either the old or the new one, never half of one."""
   if is_url(p):
@@ -117,6 +113,13 @@ def savez_atomic(p: str, **arrays) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   np.savez(buf, **arrays)
+  write_atomic(p, buf.getvalue())
+
+
+def save_figure(fig, p: str, *, dpi: int) -> None:
+  """A matplotlib figure as a PNG at `p`, written atomically."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
   write_atomic(p, buf.getvalue())
 
 

@@ -14,7 +14,6 @@ that a dataset has no run of shows as `—`, never as zero.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from typing import Iterable
@@ -194,10 +193,8 @@ def plot(table: dict, path: str, title: str) -> None:
   axes[0][0].set_ylabel("test top-1 (%)")
   fig.suptitle(title)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=120)
+  fileio.save_figure(fig, path, dpi=120)
   plt.close(fig)
-  fileio.write_atomic(path, buf.getvalue())
 
 
 def write_report(paths: list[str], out: str) -> dict[str, str]:

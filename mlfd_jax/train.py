@@ -213,7 +213,8 @@ class Trainer:
     self.evaluator = Evaluator(task.predict, task.frozen, mesh, eval_batch_size(train_cfg))
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     # Replicated, or split over the mesh's fsdp axis (parallel.py), leaf by leaf.
-    self.shardings = parallel.state_shardings(jax.eval_shape(self._make, jax.random.key(0)), mesh)
+    self._shapes = jax.eval_shape(self._make, jax.random.key(0))
+    self.shardings = parallel.state_shardings(self._shapes, mesh)
     self._step = jax.jit(self._train_step, in_shardings=(*self.shardings, repl, data, repl),
                          out_shardings=(*self.shardings, repl), donate_argnums=(0, 1))
 
@@ -229,9 +230,8 @@ class Trainer:
   def abstract(self):
     """Shapes, dtypes and shardings of (model, train state): the targets a restore fills (so a
     checkpoint saved under one sharding or device count restores under another)."""
-    shapes = jax.eval_shape(self._make, jax.random.key(0))
     return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                        shapes, self.shardings)
+                        self._shapes, self.shardings)
 
   # The jitted body --------------------------------------------------------------------------
   def _train_step(self, model, train_state, frozen, batch, base_key):
