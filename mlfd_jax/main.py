@@ -70,9 +70,16 @@ def _quiet_library_info_logs() -> None:
   logging.get_absl_handler().addFilter(keep)
 
 
+def _say(line: str) -> None:
+  """One line to stderr in one write: `print` writes the text and the newline separately, and a
+  library's writer thread printing a traceback in between would glue its text onto our line."""
+  sys.stderr.write(line + "\n")
+  sys.stderr.flush()
+
+
 def _fail(message) -> None:
   """Ends the run with the one-line error the README promises (exit code 2)."""
-  print(f"mlfd_jax: error: {message}", file=sys.stderr)
+  _say(f"mlfd_jax: error: {message}")
   sys.exit(cli.EXIT_CODE)
 
 
@@ -112,7 +119,7 @@ def main(argv) -> None:
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
     _fail(f"{msg} (MLFD_TRACEBACK=1 shows where)")
   except train.Preempted as e:
-    print(f"mlfd_jax: {e}", file=sys.stderr)
+    _say(f"mlfd_jax: {e}")
     sys.exit(128 + e.signum)  # the shell's code for death by that signal
 
 
