@@ -68,8 +68,8 @@ else
       for ((i = lane; i < ${#seed_list[@]}; i += lanes)); do
         s=${seed_list[i]}
         echo "seed $s: cores $cores, log $prefix/ablations_seed$s.log"
-        taskset -c "$cores" bash -c "$(declare -f run_seed); $(declare -p ABLATIONS); \
-            config='$config' prefix='$prefix' run_seed \"\$@\"" \
+        taskset -c "$cores" bash -c "set -euo pipefail; $(declare -f run_seed); \
+            $(declare -p ABLATIONS); config='$config' prefix='$prefix' run_seed \"\$@\"" \
             run_seed "$s" "$@" > "$prefix/ablations_seed$s.log" 2>&1
       done
     ) &

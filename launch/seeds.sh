@@ -57,7 +57,7 @@ else
     (  # this lane's seeds, one after another, on its own cores
       for ((s = lane; s < n; s += lanes)); do
         echo "seed $s: cores $cores, log $prefix/seed$s.log"
-        taskset -c "$cores" bash -c "$(declare -f run_seed); config='$config' \
+        taskset -c "$cores" bash -c "set -euo pipefail; $(declare -f run_seed); config='$config' \
             prefix='$prefix' methods='$methods' baseline=$baseline run_seed \"\$@\"" \
             run_seed "$s" "$@" > "$prefix/seed$s.log" 2>&1
       done

@@ -10,20 +10,29 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(tmp_path, *args):
+def _launch(tmp_path, argv, fail=""):
+  """Run a launch script with `python` replaced by a recorder of (allowed cpus, argv); a call
+  whose argv ends with `fail` exits 3 (a training command that failed)."""
   fake = tmp_path / "bin"
   fake.mkdir()
-  (fake / "python").write_text('#!/usr/bin/env bash\n'
-                               'echo "$(taskset -pc $$ | sed "s/.*: //") $*" >> "$FAKE_LOG"\n')
+  (fake / "python").write_text(
+      '#!/usr/bin/env bash\n'
+      'echo "$(taskset -pc $$ | sed "s/.*: //") $*" >> "$FAKE_LOG"\n'
+      'if [[ -n "$FAKE_FAIL" && "$*" == *"$FAKE_FAIL" ]]; then exit 3; fi\n')
   (fake / "python").chmod(0o755)
   log = tmp_path / "calls.txt"
-  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(log)}
-  proc = subprocess.run(["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "3",
-                         "--methods", "kd", *args, "--config.data_root=d"],
-                        cwd=ROOT, env=env, capture_output=True, text=True)
-  assert proc.returncode == 0, proc.stderr
+  env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(log),
+         "FAKE_FAIL": fail}
+  proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
   calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
-  return [(cpus, cmd.replace(str(tmp_path), "T")) for cpus, cmd in calls]
+  return proc, [(cpus, cmd.replace(str(tmp_path), "T")) for cpus, cmd in calls]
+
+
+def _run(tmp_path, *args):
+  proc, calls = _launch(tmp_path, ["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "3",
+                                   "--methods", "kd", *args, "--config.data_root=d"])
+  assert proc.returncode == 0, proc.stderr
+  return calls
 
 
 def _seed_commands(s):
@@ -49,6 +58,41 @@ def test_two_lanes_pin_their_seeds_to_their_own_cores(tmp_path):
   for s in range(3):
     assert [c for _, c in calls if f"seed{s} " in c + " " and "main" in c] == _seed_commands(s)
   assert calls[-1][1] == "-m mlfd_jax.report T/r/seed0 T/r/seed1 T/r/seed2 --out T/r/report"
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_failed_run_stops_its_seed_and_no_report_is_made(tmp_path, lanes):
+  if lanes > (os.cpu_count() or 1):
+    pytest.skip("two lanes need two cores")
+  proc, calls = _launch(
+      tmp_path, ["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "3", "--methods", "kd",
+                 "--lanes", str(lanes), "--config.data_root=d"],
+      fail="--config.seed=1 --config.data_root=d")
+  commands = [c for _, c in calls]
+  assert proc.returncode != 0
+  assert _seed_commands(1)[1] not in commands  # nothing more on the failed seed's workdir
+  assert not any("report" in c for c in commands)
+  if lanes == 2:  # the other lane's seeds still finish; lane 1 has seed 1 alone
+    assert proc.stderr == f"a seed failed: see {tmp_path / 'r'}/seed*.log\n"
+    assert [c for c in commands if "seed1" not in c] == [*_seed_commands(0), *_seed_commands(2)]
+  else:
+    assert commands == [*_seed_commands(0), _seed_commands(1)[0]]
+
+
+def test_ablations_lane_stops_at_a_failed_run(tmp_path):
+  prefix = tmp_path / "r"
+  for s in (0, 1):
+    (prefix / f"seed{s}" / "teachers").mkdir(parents=True)
+  proc, calls = _launch(
+      tmp_path, ["launch/ablations.sh", "configs/x.py", str(prefix), "2", "--lanes", "2"],
+      fail="--config.joint.mode=per_dataset")
+  assert proc.returncode == 1
+  assert proc.stderr == f"a seed failed: see {prefix}/ablations_seed*.log\n"
+  for s in (0, 1):
+    mine = [c for _, c in calls if f"seed{s} " in c + " "]
+    # the default, mlfd_last, then the first ablation, which failed: nothing after it
+    assert len(mine) == 3 and mine[-1].endswith("--config.joint.mode=per_dataset"), mine
+  assert not any("report" in c for _, c in calls)
 
 
 def _recorders(tmp_path, names, describe_rc=1):
