@@ -1,6 +1,6 @@
 """Exact resume: `stage=all` killed with SIGKILL at several points (inside each stage, between
-stages, while a checkpoint is being written), and the joint baseline and a teacher-sourced
-method's students killed inside their training, then rerun with the same command, end with the
+stages, while a checkpoint is being written), and the joint baseline and the teacher-sourced
+methods' students (amtml, avg_kd, feed) killed inside their training, then rerun with the same command, end with the
 same parameters, bit for bit, and the same results.json numbers as a run that was never killed."""
 
 import json
@@ -106,8 +106,10 @@ def test_kill_9_anywhere_in_stage_all_then_rerun_equals_an_uninterrupted_run(tmp
 # Models trained outside `stage=all`: (their checkpoint directory, the flags that train them).
 EXTRA = [
     ("baseline_joint/joint", ["--config.stage=baseline_joint"]),
-    ("students_amtml/digits_a", ["--config.stage=students", "--config.distill.method=amtml",
-                                 "--config.student_datasets=digits_a"]),
+    *((f"students_{method}/digits_a", ["--config.stage=students",
+                                        f"--config.distill.method={method}",
+                                        "--config.student_datasets=digits_a"])
+      for method in ("amtml", "avg_kd", "feed")),  # feed's students carry trained adaptors
 ]
 
 
@@ -117,7 +119,8 @@ def _run_ok(workdir, *extra):
   assert r.returncode == 0, r.stderr[-3000:]
 
 
-def test_kill_9_inside_the_joint_baseline_and_amtml_students_then_rerun_is_exact(tmp_path):
+def test_kill_9_inside_the_joint_baseline_and_teacher_sourced_students_then_rerun_is_exact(
+    tmp_path):
   whole, killed = tmp_path / "whole", tmp_path / "killed"
   _run_ok(whole, "--config.stage=teachers")
   shutil.copytree(whole, killed)  # the same finished teachers on both sides
@@ -127,7 +130,7 @@ def test_kill_9_inside_the_joint_baseline_and_amtml_students_then_rerun_is_exact
     assert max(_steps(killed / directory)) < 12, f"{directory} was not cut short"
     _run_ok(killed, *flags)
   a, b = _latest_models(killed), _latest_models(whole)
-  assert sorted(a) == sorted(b) and len(a) == 5  # 3 teachers, the baseline, 1 amtml student
+  assert sorted(a) == sorted(b) and len(a) == 7  # 3 teachers, the baseline, 3 students
   for name in a:
     assert all(np.array_equal(x, y) for x, y in zip(a[name], b[name])), name
   assert _numbers(killed) == _numbers(whole)
