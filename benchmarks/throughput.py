@@ -71,6 +71,7 @@ def make_config(args, data_root: str, data_file: str):
     train_cfg.batch_size, train_cfg.dtype = args.batch, args.dtype
   c.distill.probe_steps, c.distill.probe_examples = 2, 64  # probes: fitted once, not timed
   c.joint.precompute_teachers = c.distill.precompute_targets = args.precompute
+  c.sharding = args.sharding
   return c
 
 
@@ -111,6 +112,7 @@ class JaxBench:
     spec, task = self.task(stage.replace("eval", "student:mlfd"))
     trainer = train.Trainer(task, spec.train_cfg, mesh, total_steps=100_000)
     model, train_state = trainer.init(self.key)
+    state_bytes = state_bytes_per_device((model, train_state))
     data = spec.train_data()
     if stage == "eval":
       host = next(iter(data.eval_batches("val", args.batch)))
@@ -119,9 +121,8 @@ class JaxBench:
       compiled = trainer.evaluator.lower(model, batch).compile()
       compile_s = time.perf_counter() - t
       step = lambda: jax.block_until_ready(compiled(model, task.frozen, batch))  # noqa: E731
-      row = _row(stage, args, compiled, compile_s, timing.median_ms(
-          step, warmup=args.warmup, iters=args.iters))
-      return row
+      return {**_row(stage, args, compiled, compile_s, timing.median_ms(
+          step, warmup=args.warmup, iters=args.iters)), **state_bytes}
     host = next(data.train_batches(args.batch, seed=0))
     batch, base_key = parallel.to_global(host, mesh), parallel.replicated_key(1, mesh)
     t = time.perf_counter()
@@ -134,8 +135,8 @@ class JaxBench:
       if sync:
         jax.block_until_ready(metrics)
 
-    row = _row(stage, args, compiled, compile_s, timing.median_ms(
-        lambda: run(batch, True), warmup=args.warmup, iters=args.iters))
+    row = {**_row(stage, args, compiled, compile_s, timing.median_ms(
+        lambda: run(batch, True), warmup=args.warmup, iters=args.iters)), **state_bytes}
     if stage == "student:mlfd" and args.pipeline_steps > 0:
       row["input_pipeline"] = self._pipeline(run, batch, data, state)
     return row
@@ -163,10 +164,21 @@ class JaxBench:
     return out
 
 
+def state_bytes_per_device(tree) -> dict[str, int]:
+  """Bytes of the trained state (parameters, BatchNorm statistics, optimizer state) that one
+  device holds, and the state's whole size: equal when replicated, about 1/n under fsdp."""
+  leaves = jax.tree.leaves(tree)
+  device = leaves[0].addressable_shards[0].device
+  held = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == device)
+  return {"state_bytes_per_device": int(held),
+          "state_bytes_total": int(sum(x.nbytes for x in leaves))}
+
+
 def _row(stage: str, args, compiled, compile_s: float, step_ms: float) -> dict[str, Any]:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float((cost or {}).get("flops", 0.0))
+  # XLA's cost analysis of a partitioned program counts one device's share of the batch.
+  flops = float((cost or {}).get("flops", 0.0)) * jax.device_count()
   mem = compiled.memory_analysis()
   peak = None
   if mem is not None:
@@ -182,6 +194,7 @@ def _common(stage: str, args, impl: str, step_ms: float) -> dict[str, Any]:
           "precompute": bool(args.precompute) and impl == "jax" and kind in ("joint", "student"),
           "width": args.width, "batch": args.batch, "image_size": args.image_size,
           "teachers": args.teachers, "dtype": args.dtype, "step_ms": step_ms,
+          "sharding": args.sharding if impl == "jax" else None, "devices": jax.device_count() if impl == "jax" else 1,
           "img_per_s": 1e3 * args.batch / step_ms}
 
 
@@ -218,16 +231,18 @@ def machine_peak(args) -> dict[str, float]:
 
 
 def add_mfu(rows: list[dict], peak: float) -> None:
-  """FLOPs per image of each stage from the JAX program (the torch step is the same model)."""
+  """FLOPs per image of each stage from the JAX program (the torch step is the same model);
+  `peak` is one device's, so a row's MFU is against the peak of all the devices it ran on."""
   flops = {(r["stage"], r["method"]): r["flops_per_img"] for r in rows if r["impl"] == "jax"}
   for r in rows:
     r["flops_per_img"] = flops.get((r["stage"], r["method"]), 0.0)
-    r["mfu"] = r["flops_per_img"] * r["img_per_s"] / peak if peak else 0.0
+    r["mfu"] = (r["flops_per_img"] * r["img_per_s"] / (peak * r["devices"])) if peak else 0.0
 
 
 def format_table(rows: list[dict]) -> str:
   lines = ["| stage | jax img/s | torch img/s | jax/torch | jax ms | torch ms | compile s | "
-           "GFLOP/img | MFU jax | MFU torch | XLA peak MiB |", "|---|" + "---|" * 10]
+           "GFLOP/img | MFU jax | MFU torch | XLA peak MiB | state MiB/device |",
+           "|---|" + "---|" * 11]
   keys = list(dict.fromkeys((r["stage"], r["method"]) for r in rows))
   for key in keys:
     j = next((r for r in rows if (r["stage"], r["method"]) == key and r["impl"] == "jax"), None)
@@ -237,11 +252,12 @@ def format_table(rows: list[dict]) -> str:
     cell = lambda r, k, f: f.format(r[k]) if r and r.get(k) is not None else "—"  # noqa: E731
     ratio = f"{j['img_per_s'] / t['img_per_s']:.2f}" if j and t else "—"
     mem = f"{j['peak_memory_bytes'] / 2 ** 20:.0f}" if j and j.get("peak_memory_bytes") else "—"
+    held = f"{j['state_bytes_per_device'] / 2 ** 20:.2f}" if j else "—"
     lines.append(f"| {name} | {cell(j, 'img_per_s', '{:.0f}')} | {cell(t, 'img_per_s', '{:.0f}')}"
                  f" | {ratio} | {cell(j, 'step_ms', '{:.1f}')} | {cell(t, 'step_ms', '{:.1f}')}"
                  f" | {cell(j, 'compile_s', '{:.1f}')} | "
                  f"{(j or t)['flops_per_img'] / 1e9:.3f} | {cell(j, 'mfu', '{:.3f}')} | "
-                 f"{cell(t, 'mfu', '{:.3f}')} | {mem} |")
+                 f"{cell(t, 'mfu', '{:.3f}')} | {mem} | {held} |")
   return "\n".join(lines)
 
 
@@ -254,6 +270,8 @@ def parse_args(argv):
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--teachers", type=int, default=3, help="datasets, so frozen teachers")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--sharding", default="replicated", choices=("replicated", "fsdp"),
+                 help="the trained state's layout over the devices (config.sharding)")
   p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--iters", type=int, default=10)

@@ -1,6 +1,7 @@
 """`python -m benchmarks.throughput` writes the JSON other tools read (../shared/DESIGN.md)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -30,3 +31,31 @@ def test_throughput_json_schema_and_figures(tmp_path):
   # A train step costs about three forward passes: XLA's FLOPs say so.
   assert 2 < rows["teacher"]["flops_per_img"] / rows["eval"]["flops_per_img"] < 5
   assert "| teacher |" in proc.stdout and "| eval |" in proc.stdout
+
+
+def _teacher_row(tmp_path, sharding: str, devices: int) -> dict:
+  out = tmp_path / f"{sharding}{devices}.json"
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.throughput", "--json", str(out), "--no_torch",
+       "--stages", "teacher", "--batch", "16", "--warmup", "1", "--iters", "1",
+       "--data", "synthetic", "--peak_n", "256", "--sharding", sharding],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (row,) = json.loads(out.read_text())["results"]
+  assert row["sharding"] == sharding and row["devices"] == devices
+  return row
+
+
+def test_fsdp_holds_a_fraction_of_the_state_per_device(tmp_path):
+  one = _teacher_row(tmp_path, "replicated", 1)
+  replicated = _teacher_row(tmp_path, "replicated", 8)
+  fsdp = _teacher_row(tmp_path, "fsdp", 8)
+  # FLOPs per image are the whole step's, not one device's share of it.
+  assert abs(replicated["flops_per_img"] / one["flops_per_img"] - 1) < 0.1
+  assert abs(fsdp["flops_per_img"] / one["flops_per_img"] - 1) < 0.1
+  assert fsdp["state_bytes_total"] == replicated["state_bytes_total"]
+  assert replicated["state_bytes_per_device"] == replicated["state_bytes_total"]
+  # Tensors under FSDP_MIN_SIZE elements stay whole (at width 1/8 many do), so a device holds
+  # more than 1/8 of the state: about 1/5 here.
+  assert fsdp["state_bytes_per_device"] < replicated["state_bytes_total"] / 4
