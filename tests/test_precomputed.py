@@ -66,7 +66,10 @@ def test_same_loss_as_live_targets_on_an_unaugmented_view(digits_config):
     assert set(a) == set(b)
     for k in a:
       if k != "lr":
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        # The table is computed by another program than the live step, so float32 sums run in
+        # another order: on an AVX2 host (no AVX-512) step 2's grad norm differs by 3e-4
+        # relative. Targets from another view or image would move the losses by percents.
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-5, err_msg=k)
   assert live[1]["loss"] != live[0]["loss"]  # it trained
 
 
@@ -98,7 +101,10 @@ def test_joint_teacher_same_loss_from_precomputed_teacher_maps(digits_config):
   for a, b in zip(live, pre):
     for k in a:
       if k != "lr":
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        # The table is computed by another program than the live step, so float32 sums run in
+        # another order: on an AVX2 host (no AVX-512) step 2's grad norm differs by 3e-4
+        # relative. Targets from another view or image would move the losses by percents.
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-5, err_msg=k)
   assert live[1]["loss"] != live[0]["loss"]
 
 
