@@ -194,7 +194,8 @@ def _common(stage: str, args, impl: str, step_ms: float) -> dict[str, Any]:
           "precompute": bool(args.precompute) and impl == "jax" and kind in ("joint", "student"),
           "width": args.width, "batch": args.batch, "image_size": args.image_size,
           "teachers": args.teachers, "dtype": args.dtype, "step_ms": step_ms,
-          "sharding": args.sharding if impl == "jax" else None, "devices": jax.device_count() if impl == "jax" else 1,
+          "sharding": args.sharding if impl == "jax" else None,
+          "devices": jax.device_count() if impl == "jax" else 1,
           "img_per_s": 1e3 * args.batch / step_ms}
 
 

@@ -62,14 +62,15 @@ def test_table_rows_are_the_joint_teachers_outputs_on_each_image(digits_config):
 def test_same_loss_as_live_targets_on_an_unaugmented_view(digits_config):
   live = _first_losses(*_student(digits_config, precompute=False))
   pre = _first_losses(*_student(digits_config, precompute=True))
-  for a, b in zip(live, pre):
+  for i, (a, b) in enumerate(zip(live, pre)):
     assert set(a) == set(b)
     for k in a:
       if k != "lr":
-        # The table is computed by another program than the live step, so float32 sums run in
-        # another order: on an AVX2 host (no AVX-512) step 2's grad norm differs by 3e-4
-        # relative. Targets from another view or image would move the losses by percents.
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-5, err_msg=k)
+        # Everything agrees to 1e-6 but step 2's grad norm: the table is made by another
+        # program, so its float32 sums run in another order, and one update amplifies that to
+        # 2.7e-4 relative on an AVX2 host (no AVX-512). A wrong view would move every loss.
+        rtol = 1e-3 if (i, k) == (1, "grad_norm") else 1e-4
+        np.testing.assert_allclose(b[k], a[k], rtol=rtol, atol=1e-5, err_msg=k)
   assert live[1]["loss"] != live[0]["loss"]  # it trained
 
 
@@ -101,10 +102,7 @@ def test_joint_teacher_same_loss_from_precomputed_teacher_maps(digits_config):
   for a, b in zip(live, pre):
     for k in a:
       if k != "lr":
-        # The table is computed by another program than the live step, so float32 sums run in
-        # another order: on an AVX2 host (no AVX-512) step 2's grad norm differs by 3e-4
-        # relative. Targets from another view or image would move the losses by percents.
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
   assert live[1]["loss"] != live[0]["loss"]
 
 
