@@ -16,8 +16,10 @@ import importlib.util
 import os
 from typing import Any, Iterator
 
-FLAGS_TAKING_VALUES = ("config", "workdir")
+FLAGS = ("config", "workdir", "distributed", "coordinator_address", "num_processes", "process_id",
+         "distributed_timeout")  # main.py's flags, in the order the help lists them
 BOOL_FLAGS = ("distributed",)
+FLAGS_TAKING_VALUES = tuple(f for f in FLAGS if f not in BOOL_FLAGS)
 EXIT_CODE = 2
 
 
@@ -135,7 +137,7 @@ def check_argv(argv: list[str], valid_stages: list[str]) -> None:
     elif name in FLAGS_TAKING_VALUES:
       given[name] = value
     elif name not in BOOL_FLAGS and name.removeprefix("no") not in BOOL_FLAGS:
-      valid = ", ".join(f"--{f}" for f in (*FLAGS_TAKING_VALUES, *BOOL_FLAGS))
+      valid = ", ".join(f"--{f}" for f in FLAGS)
       raise EntryError(f"unknown flag --{name}; valid: {valid}, --config.KEY=VALUE")
   if wants_help:
     return  # absl prints the help

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlfd_jax import checkpoint, cli, train
+from mlfd_jax import checkpoint, cli, distributed, train
 from mlfd_jax import workdir as workdir_lib
 from mlfd_jax.stages import STAGES
 from mlfd_jax.stages.context import RunContext
@@ -25,14 +25,23 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.json.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU launches).")
+    "distributed", False, "Join a multi-process run (multi-host TPU/GPU launches): where, from "
+    "SLURM, Open MPI or the TPU VM, else from the three flags below.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: HOST:PORT of process 0 (manual launches).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: how many processes the run has.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index, 0..num_processes-1.")
+_JOIN_TIMEOUT = flags.DEFINE_float(
+    "distributed_timeout", 300.0, "With --distributed: seconds to wait for the other processes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that mean "the input is wrong", reported in one line; anything else is a bug and keeps
 # its traceback. Set MLFD_TRACEBACK=1 to see tracebacks for input errors too.
 INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirectoryError,
                 PermissionError, workdir_lib.WorkdirInUse, train.NonFinite,
-                checkpoint.CheckpointWriteError)
+                checkpoint.CheckpointWriteError, distributed.JoinError)
 
 
 def run(config, workdir: str, config_path: str = "") -> None:
@@ -97,14 +106,28 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
+def _join_if_distributed() -> None:
+  """Joins the multi-process run when asked; a process that cannot ends with one line."""
+  where = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+               process_id=_PROCESS_ID.value)
+  distributed.check_flags(distributed=_DISTRIBUTED.value, timeout_s=_JOIN_TIMEOUT.value, **where)
+  if not _DISTRIBUTED.value:
+    return
+
+  def give_up(message: str) -> None:  # from the watchdog thread, while JAX still waits
+    _say(f"mlfd_jax: error: {message}")
+    os._exit(cli.EXIT_CODE)  # pylint: disable=protected-access  # the main thread is in C++
+
+  distributed.join(**where, timeout_s=_JOIN_TIMEOUT.value, on_timeout=give_up)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   _route_logs()
   _quiet_library_info_logs()
   try:
-    if _DISTRIBUTED.value:
-      jax.distributed.initialize()
+    _join_if_distributed()
     # The workdir is checked and locked before anything is imported or logged, so a second run
     # on it fails with one line and nothing else.
     path = workdir_lib.check_writable(_WORKDIR.value)

@@ -126,7 +126,8 @@ ENTRY_ERRORS = [
      "joint.dropout, joint.finetune_teachers, joint.fusion_level, joint.mode, "
      "joint.precompute_teachers, joint.shape_like, joint.width"),
     (["--wrkdir=x"],
-     "unknown flag --wrkdir; valid: --config, --workdir, --distributed, --config.KEY=VALUE"),
+     "unknown flag --wrkdir; valid: --config, --workdir, --distributed, --coordinator_address, "
+     "--num_processes, --process_id, --distributed_timeout, --config.KEY=VALUE"),
     (["extra"], "unexpected argument 'extra'; the command takes only flags: "
      "--config=FILE[:ARGS] --workdir=DIR [--config.KEY=VALUE ...]"),
 ]
