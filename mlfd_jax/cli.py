@@ -114,6 +114,14 @@ def _check_override(key: str, value: str | None, keys: dict[str, Any]) -> None:
                      f"got {value!r}") from None
 
 
+def overrides(argv: list[str]) -> tuple[str, ...]:
+  """The `--config.KEY=VALUE` overrides in `argv`, each as one `--config.KEY=VALUE` (or
+  `--config.KEY` for a bare bool), in the order given: what results.json records beside the
+  config file, and what the commands suggested in error messages repeat."""
+  return tuple(f"--{name}" if value is None else f"--{name}={value}"
+               for name, value in _flag_items(argv) if name.startswith("config."))
+
+
 def config_first(argv: list[str]) -> list[str]:
   """`argv` with `--config=FILE` (or `--config FILE`) moved before every `--config.KEY`
   override: ml_collections' parser needs the file first, a user should not have to know."""

@@ -44,12 +44,12 @@ INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, NotADirector
                 checkpoint.CheckpointWriteError, distributed.JoinError)
 
 
-def run(config, workdir: str, config_path: str = "") -> None:
+def run(config, workdir: str, config_path: str = "", overrides: tuple[str, ...] = ()) -> None:
   stage = STAGES.get(config.stage)
   path = workdir_lib.check_writable(workdir)
   with workdir_lib.Lock(path, command=" ".join(sys.argv)), train.STOP:
     workdir_lib.use_compilation_cache(path)
-    stage(RunContext(config, path, config_path))
+    stage(RunContext(config, path, config_path, overrides))
 
 
 def _route_logs() -> None:
@@ -135,7 +135,7 @@ def main(argv) -> None:
       logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                    jax.process_count(), jax.local_device_count(), jax.device_count(),
                    jax.devices()[0].platform)
-      run(_CONFIG.value, path, flags.FLAGS["config"].config_filename)
+      run(_CONFIG.value, path, flags.FLAGS["config"].config_filename, cli.overrides(sys.argv))
   except INPUT_ERRORS as e:
     if os.environ.get("MLFD_TRACEBACK"):
       raise

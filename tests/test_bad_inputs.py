@@ -179,9 +179,11 @@ def test_missing_and_mismatched_checkpoints(workdir, tmp_path):
   cmd = "python -m mlfd_jax.main --config=configs/digits.py:tiny --workdir={w} --config.stage={s}"
   empty = tmp_path / "empty"
   empty.mkdir()
-  assert _fail(empty, DIGITS, "--config.stage=joint") == (
+  # The suggested command keeps the command's other overrides (the seed makes other teachers).
+  assert _fail(empty, DIGITS, "--config.seed=3", "--config.stage=joint") == (
       f"mlfd_jax: error: no teacher of digits_a checkpoint in {empty}/teachers/digits_a; make it "
-      f"with: {cmd.format(w=empty, s='teachers')}{TRACE}\n")
+      f"with: python -m mlfd_jax.main --config=configs/digits.py:tiny --workdir={empty} "
+      f"--config.seed=3 --config.stage=teachers{TRACE}\n")
   assert _fail(workdir, DIGITS, "--config.stage=students") == (
       f"mlfd_jax: error: no joint teacher checkpoint in {workdir}/joint/joint; make it with: "
       f"{cmd.format(w=workdir, s='joint')}{TRACE}\n")

@@ -16,10 +16,12 @@ from mlfd_jax import data, fileio, logs, parallel
 class RunContext:
   """Config, workdir, mesh, datasets by name, and the frozen-model cache of one command."""
 
-  def __init__(self, config, workdir: str, config_path: str = ""):
+  def __init__(self, config, workdir: str, config_path: str = "",
+               overrides: tuple[str, ...] = ()):
     from mlfd_jax.stages.frozen import FrozenModels  # local: frozen.py reads the context
 
     self.config, self.workdir, self.config_path = config, workdir, config_path
+    self.overrides = tuple(overrides)  # the command line's --config.KEY=VALUE, as given
     self.names: tuple[str, ...] = tuple(config.datasets.keys())
     if not self.names:
       raise ValueError("config.datasets is empty: configure at least one dataset")
@@ -61,7 +63,9 @@ class RunContext:
     return logs.make_writer(self.path("tensorboard", directory))
 
   def command(self, stage: str) -> str:
-    """The command that runs `stage` on this workdir (quoted in error messages)."""
+    """The command that runs `stage` on this workdir with this command's other overrides
+    (quoted in error messages)."""
     cfg = self.config_path or "configs/NAME.py"
-    return (f"python -m mlfd_jax.main --config={cfg} --workdir={self.workdir} "
-            f"--config.stage={stage}")
+    kept = [o for o in self.overrides if not o.startswith(("--config.stage=", "--config.stage "))]
+    return " ".join(["python -m mlfd_jax.main", f"--config={cfg}", f"--workdir={self.workdir}",
+                     *kept, f"--config.stage={stage}"])
