@@ -3,9 +3,10 @@
 A 2-D mesh `(data, fsdp)`. Batches are split over all of its devices (both axes). The state of
 what trains (parameters, BatchNorm statistics, optimizer state) is either replicated
 (`sharding="replicated"`: the fsdp axis has size 1) or, with `sharding="fsdp"`, sharded over the
-fsdp axis, which then spans every device, ZeRO-3 style: each large tensor is split along its
-largest dimension that the axis divides, small ones stay replicated, and XLA gathers a tensor
-where a step needs it whole. Under `jax.jit` the same code runs unchanged on one device, eight
+fsdp axis, ZeRO-3 style: each large tensor is split along its largest dimension that the axis
+divides, small ones stay replicated, and XLA gathers a tensor where a step needs it whole. The
+fsdp axis spans every device, or `fsdp_size` of them (a hybrid layout: state sharded within
+groups of `fsdp_size` neighbouring devices, say one host's, and replicated across the groups). Under `jax.jit` the same code runs unchanged on one device, eight
 fake CPU devices, a GPU box or a TPU pod slice; BatchNorm statistics are global (XLA inserts the
 all-reduce). Frozen models (teachers, joint teachers) are restored replicated.
 """
@@ -27,16 +28,24 @@ SHARDINGS = ("replicated", "fsdp")
 FSDP_MIN_SIZE = 2 ** 12  # tensors with fewer elements stay replicated under fsdp
 
 
-def make_mesh(num_devices: int | None = None, sharding: str = "replicated") -> jax.sharding.Mesh:
+def make_mesh(num_devices: int | None = None, sharding: str = "replicated",
+              fsdp_size: int = 0) -> jax.sharding.Mesh:
   """A `(data, fsdp)` mesh over all (or the first `num_devices`) devices: `(n, 1)` for
-  replicated state, `(1, n)` for fsdp."""
+  replicated state, `(n / fsdp_size, fsdp_size)` for fsdp (`fsdp_size` 0: all n devices)."""
   if sharding not in SHARDINGS:
     raise ValueError(f"sharding={sharding!r} is not one of: {', '.join(SHARDINGS)}")
   devices = jax.devices()
   n = len(devices) if num_devices is None else num_devices
   if not 1 <= n <= len(devices):
     raise ValueError(f"num_devices={n} but {len(devices)} devices are available")
-  shape = (n, 1) if sharding == "replicated" else (1, n)
+  if sharding == "replicated" and fsdp_size not in (0, 1):
+    raise ValueError(f"fsdp_size={fsdp_size} needs sharding='fsdp' (it is 'replicated')")
+  size = fsdp_size or n
+  if sharding == "fsdp" and (size < 1 or n % size):
+    divisors = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+    raise ValueError(f"fsdp_size={fsdp_size} does not divide the {n} devices; use 0 (all) or "
+                     f"one of: {divisors}")
+  shape = (n, 1) if sharding == "replicated" else (n // size, size)
   return jax.make_mesh(shape, BATCH_AXES, devices=devices[:n],
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 

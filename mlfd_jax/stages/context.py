@@ -26,7 +26,8 @@ class RunContext:
     if not self.names:
       raise ValueError("config.datasets is empty: configure at least one dataset")
     self.mesh = parallel.make_mesh(int(config.get("num_devices", 0) or 0) or None,
-                                   str(config.get("sharding", "replicated")))
+                                   str(config.get("sharding", "replicated")),
+                                   int(config.get("fsdp_size", 0) or 0))
     self.frozen = FrozenModels(self)
     self._datasets: dict[str, Any] = {}
     self._built: dict[tuple, Any] = {}
