@@ -115,8 +115,8 @@ ENTRY_ERRORS = [
      "unknown config key 'teacher_train.stpes' (--config.teacher_train.stpes); closest: "
      "teacher_train.steps, teacher_train.dtype, teacher_train.epochs"),
     (["--config.no_such_key=1"],
-     "unknown config key 'no_such_key' (--config.no_such_key); keys: datasets, distill, joint, "
-     "joint_train, num_devices, seed, sharding, stage, student_datasets, student_train, "
+     "unknown config key 'no_such_key' (--config.no_such_key); keys: datasets, distill, "
+     "fsdp_size, joint, joint_train, num_devices, seed, sharding, stage, student_datasets, student_train, "
      "students, teacher_train, teachers"),
     (["--config.seed=abc"], "--config.seed=abc: seed is an int; got 'abc'"),
     (["--config.joint.width=wide"], "--config.joint.width=wide: joint.width is an int; got 'wide'"),
