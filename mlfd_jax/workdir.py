@@ -125,17 +125,20 @@ class _ObjectLock:
   """A lock object in a bucket, kept alive by a heartbeat thread."""
 
   SETTLE_S = 1.0  # wait after writing, then read back: two runs that raced see one winner
+  REREADS = 5  # an unparseable lock is read again this many times, REREAD_S apart
+  REREAD_S = 0.05
 
   def __init__(self, workdir: str, path: str, info: dict):
     self.path, self.token = path, uuid.uuid4().hex
-    current = self._read()
+    current = self._current()
     if current and time.time() - current.get("heartbeat", 0) < STALE_S:
       raise _in_use(workdir, _describe(current))
     self.info = {**info, "token": self.token}
     self._write()
     time.sleep(self.SETTLE_S)
-    if (self._read() or {}).get("token") != self.token:
-      raise _in_use(workdir, _describe(self._read() or {}))
+    winner = self._current() or {}
+    if winner.get("token") != self.token:
+      raise _in_use(workdir, _describe(winner))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
     self._thread.start()
@@ -147,6 +150,18 @@ class _ObjectLock:
       return None
     except ValueError:
       return {}
+
+  def _current(self) -> dict | None:
+    """The lock's content. A read that does not parse is read again: a store may show an
+    object half-written while the holder's heartbeat rewrites it (the GCS emulator does), and
+    taking that for a dead lock would let a second run in. Junk that stays is what it was."""
+    current = self._read()
+    for _ in range(self.REREADS):
+      if current != {}:
+        break
+      time.sleep(self.REREAD_S)
+      current = self._read()
+    return current
 
   def _write(self) -> None:
     fileio.write_atomic(self.path, json.dumps({**self.info, "heartbeat": time.time()}))
@@ -162,7 +177,7 @@ class _ObjectLock:
     self._stop.set()
     self._thread.join()
     try:
-      if (self._read() or {}).get("token") == self.token:
+      if (self._current() or {}).get("token") == self.token:
         fileio.remove(self.path)
     except OSError:
       pass

@@ -137,3 +137,19 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs, monkey
   with workdir_lib.Lock(workdir, command="second"):
     assert json.loads(lock_file.read_text())["command"] == "second"
   assert not lock_file.exists()
+
+
+def test_a_lock_read_while_its_heartbeat_rewrites_it_is_read_again(gcs, monkeypatch):
+  """The emulator shows an object half-written during an overwrite (2 of 300 reads came back
+  unparseable under a 20 ms heartbeat): a second run must not take that for a dead lock."""
+  from mlfd_jax import fileio
+  from mlfd_jax import workdir as workdir_lib
+  monkeypatch.setattr(workdir_lib._ObjectLock, "SETTLE_S", 0.1)
+  workdir = f"gs://{BUCKET}/locks/torn"
+  with workdir_lib.Lock(workdir, command="first"):
+    workdir_lib._HELD.clear()  # as if a second process tried
+    real, torn = fileio.read_text, ["{\"pid\": 1"]  # the first read catches a write in flight
+    monkeypatch.setattr(fileio, "read_text", lambda p: torn.pop() if torn else real(p))
+    with pytest.raises(workdir_lib.WorkdirInUse):
+      workdir_lib.Lock(workdir).__enter__()
+    assert not torn
