@@ -18,7 +18,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-MANUAL_FLAGS = ("coordinator_address", "num_processes", "process_id")
 HOW = ("start the processes under SLURM, Open MPI or on a TPU VM, or pass "
        "--coordinator_address=HOST:PORT --num_processes=N --process_id=I")
 

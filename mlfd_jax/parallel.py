@@ -6,9 +6,9 @@ what trains (parameters, BatchNorm statistics, optimizer state) is either replic
 fsdp axis, ZeRO-3 style: each large tensor is split along its largest dimension that the axis
 divides, small ones stay replicated, and XLA gathers a tensor where a step needs it whole. The
 fsdp axis spans every device, or `fsdp_size` of them (a hybrid layout: state sharded within
-groups of `fsdp_size` neighbouring devices, say one host's, and replicated across the groups). Under `jax.jit` the same code runs unchanged on one device, eight
-fake CPU devices, a GPU box or a TPU pod slice; BatchNorm statistics are global (XLA inserts the
-all-reduce). Frozen models (teachers, joint teachers) are restored replicated.
+groups of `fsdp_size` neighbouring devices, say one host's, and replicated across the groups).
+Under `jax.jit` the same code runs unchanged on one device, eight fake CPU devices, a GPU box
+or a TPU pod slice; BatchNorm statistics are global (XLA inserts the all-reduce). Frozen models (teachers, joint teachers) are restored replicated.
 """
 
 from __future__ import annotations

@@ -41,10 +41,9 @@ def record_report(ctx: RunContext, spec: ModelSpec, ckpts: checkpoint.Checkpoint
                  "test top1 %.4f)", spec.results_key, name, entry["step"], entry["val_top1"],
                  entry["test_top1"], entry["test_top5"], entry["last"]["step"],
                  entry["last"]["test_top1"])
-    entry.update(spec.extra, saved_at=saved_at)
+    entry.update(spec.extra, saved_at=saved_at, overrides=list(ctx.overrides))
     results.record(ctx.workdir, config_path=ctx.config_path, seed=ctx.config.seed, dataset=name,
-                   num_classes=spec.num_classes[name], model=spec.results_key,
-                   entry={**entry, "overrides": list(ctx.overrides)})
+                   num_classes=spec.num_classes[name], model=spec.results_key, entry=entry)
 
 
 def train_and_report(ctx: RunContext, spec: ModelSpec, loss,

@@ -67,6 +67,6 @@ class RunContext:
     """The command that runs `stage` on this workdir with this command's other overrides
     (quoted in error messages)."""
     cfg = self.config_path or "configs/NAME.py"
-    kept = [o for o in self.overrides if not o.startswith(("--config.stage=", "--config.stage "))]
+    kept = [o for o in self.overrides if not o.startswith("--config.stage=")]
     return " ".join(["python -m mlfd_jax.main", f"--config={cfg}", f"--workdir={self.workdir}",
                      *kept, f"--config.stage={stage}"])
