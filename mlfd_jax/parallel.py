@@ -8,7 +8,8 @@ divides, small ones stay replicated, and XLA gathers a tensor where a step needs
 fsdp axis spans every device, or `fsdp_size` of them (a hybrid layout: state sharded within
 groups of `fsdp_size` neighbouring devices, say one host's, and replicated across the groups).
 Under `jax.jit` the same code runs unchanged on one device, eight fake CPU devices, a GPU box
-or a TPU pod slice; BatchNorm statistics are global (XLA inserts the all-reduce). Frozen models (teachers, joint teachers) are restored replicated.
+or a TPU pod slice; BatchNorm statistics are global (XLA inserts the all-reduce). Frozen models
+(teachers, joint teachers) are restored replicated.
 """
 
 from __future__ import annotations
