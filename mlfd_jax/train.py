@@ -156,6 +156,11 @@ def _fmt_time(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def _fmt_span(seconds: float) -> str:
+  """Like `_fmt_time`, with tenths under a minute (a tiny model's validation takes 0.3 s)."""
+  return f"{seconds:.1f}s" if seconds < 60 else _fmt_time(seconds)
+
+
 class _ProgressLog:
   """Averages step metrics over a window and logs them with throughput and ETA."""
 
@@ -208,6 +213,7 @@ class Trainer:
 
   def __init__(self, task: Task, train_cfg, mesh, total_steps: int):
     self.task, self.cfg, self.mesh, self.total_steps = task, train_cfg, mesh, total_steps
+    self.spent = {"validation": 0.0, "checkpoints": 0.0}  # seconds, in the last `train`
     self.tx, self.schedule = optim.make_optimizer(train_cfg.optimizer, train_cfg.schedule,
                                                   total_steps)
     self.evaluator = Evaluator(task.predict, task.frozen, mesh, eval_batch_size(train_cfg))
@@ -272,6 +278,7 @@ class Trainer:
     eval_every = int(self.cfg.get("eval_every", 0) or total)
     log_every = max(1, int(self.cfg.get("log_every", 50)))
     progress = _ProgressLog(self.task.name, total, int(self.cfg.batch_size), writer)
+    self.spent = {"validation": 0.0, "checkpoints": 0.0}
     if STOP.stop_now(start, 1):
       raise STOP.preempted(start, total, self.task.name)  # a signal came before this model
     for step in range(start, total):
@@ -289,11 +296,25 @@ class Trainer:
         progress.check_finite(done)
         ckpts.save(done, model, train_state)
         raise STOP.preempted(done, total, self.task.name)
+    self._log_summary(start, total, time.perf_counter() - progress.t_start)
+
+  def _log_summary(self, start: int, total: int, seconds: float) -> None:
+    """One line per trained model: where its wall time went (the steps' time includes the
+    first step's compilation), so a slow stage shows whether steps, validation or saving
+    cost it."""
+    steps_s = max(seconds - sum(self.spent.values()), 1e-9)
+    images = (total - start) * int(self.cfg.batch_size)
+    logging.info("[%s] trained steps %d-%d in %s: steps %s (%.0f img/s), validation %s, "
+                 "checkpoints %s", self.task.name, start, total, _fmt_span(seconds),
+                 _fmt_span(steps_s), images / steps_s, _fmt_span(self.spent["validation"]),
+                 _fmt_span(self.spent["checkpoints"]))
 
   def _validate_and_save(self, done, state, ckpts, eval_sets, writer) -> None:
     """Validation at step `done`, logged and written, then the checkpoint with its metrics."""
     model, train_state = state
+    t0 = time.perf_counter()
     val = self.evaluator.validate(model, eval_sets)
+    t1 = time.perf_counter()
     logging.info("[%s] step %d: val_top1 %.4f %s", self.task.name, done,
                  val[checkpoint.VAL_METRIC],
                  " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in val.items() if "/" in k))
@@ -301,6 +322,8 @@ class Trainer:
       writer.write_scalars(done, val)
       writer.flush()
     ckpts.save(done, model, train_state, metrics=val)
+    self.spent["validation"] += t1 - t0
+    self.spent["checkpoints"] += time.perf_counter() - t1
 
 
 def check_meta(ckpts: checkpoint.Checkpoints, meta: dict) -> None:

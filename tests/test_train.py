@@ -1,7 +1,9 @@
 """The shared loop: sharding invariance, exact resume, restore on another device count."""
 
 import dataclasses
+import logging
 import os
+import re
 import shutil
 
 import jax
@@ -171,3 +173,32 @@ def test_gated_params_hold_exactly_under_momentum_and_weight_decay():
     np.testing.assert_array_equal(later["frozen_later"], seen[1]["frozen_later"])
   assert not np.allclose(seen[-1]["free"], seen[1]["free"])
 
+
+
+def test_a_trained_model_logs_where_its_time_went(digits_config, tmp_path, caplog):
+  cfg = digits_config.teacher_train
+  cfg.steps, cfg.eval_every = 4, 2
+  ds, task = _teacher(digits_config)
+  mesh = parallel.make_mesh(1)
+  pattern = re.compile(r"\[teacher/digits_a\] trained steps (\d+)-4 in ([\d.]+)s: steps "
+                       r"([\d.]+)s \((\d+) img/s\), validation ([\d.]+)s, checkpoints ([\d.]+)s")
+
+  def summaries():
+    found = [pattern.fullmatch(r.getMessage()) for r in caplog.records]
+    caplog.clear()
+    return [m for m in found if m]
+
+  with caplog.at_level(logging.INFO):
+    ck, _ = train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
+    (m,) = summaries()
+    start, total, steps, rate, val, saves = (float(g) for g in m.groups())
+    assert start == 0 and val > 0 and saves > 0
+    assert abs(total - (steps + val + saves)) <= 0.15  # the three parts are the whole
+    assert rate == pytest.approx(4 * cfg.batch_size / steps, rel=0.1)
+    shutil.rmtree(os.path.join(ck.directory, "4"))  # lose the end: resume from step 2
+    ck.close()
+    train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
+    (m,) = summaries()
+    assert m.group(1) == "2"
+    train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
+    assert summaries() == []  # a finished model trains nothing, so it reports nothing
