@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 KEYS = {"stage", "impl", "batch", "image_size", "img_per_s", "step_ms", "flops_per_img", "mfu"}
@@ -59,3 +61,44 @@ def test_fsdp_holds_a_fraction_of_the_state_per_device(tmp_path):
   # Tensors under FSDP_MIN_SIZE elements stay whole (at width 1/8 many do), so a device holds
   # more than 1/8 of the state: about 1/5 here.
   assert fsdp["state_bytes_per_device"] < replicated["state_bytes_total"] / 4
+
+
+def test_end_to_end_splits_a_seeds_wall_time_and_keeps_its_accuracy(tmp_path):
+  workdir, out = tmp_path / "w", tmp_path / "e2e.json"
+  argv = [sys.executable, "-m", "benchmarks.end_to_end", "configs/digits.py:tiny", str(workdir),
+          "--json", str(out), "--config.student_train.steps=2"]
+  proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  (launch,) = result["launches"]
+  models = {m["model"]: m for m in launch["models"]}
+  names = ("digits_a", "digits_b", "digits_c")
+  assert set(models) == {"joint", *(f"teacher/{n}" for n in names),
+                         *(f"students/{n}" for n in names)}
+  assert models["teacher/digits_a"]["steps"] == 4 and models["students/digits_a"]["steps"] == 2
+  for m in models.values():  # each model's parts are its whole, within the log's rounding
+    assert abs(m["total_s"] - m["steps_s"] - m["validation_s"] - m["checkpoints_s"]) <= 0.15
+  trained = sum(m["total_s"] for m in models.values())
+  assert 0 < trained < launch["wall_s"]
+  assert launch["outside_models_s"] == pytest.approx(launch["wall_s"] - trained)
+  # Accuracy is the workdir's own results.json.
+  results = json.loads((workdir / "results.json").read_text())["datasets"]
+  for n in names:
+    assert result["test_top1"][n]["individual"] == [results[n]["teacher"]["test_top1"]]
+    assert result["test_top1"][n]["mlfd"] == [results[n]["student"]["test_top1"]]
+  # A second run into the same workdir would time skipped stages: refused, nothing touched.
+  before = sorted(p.name for p in workdir.iterdir())
+  again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 1
+  assert again.stderr == (f"end_to_end: {workdir} is not empty; a resumed or skipped stage "
+                          f"would not be timed, so give a new workdir\n")
+  assert sorted(p.name for p in workdir.iterdir()) == before
+  # --compare of a result with itself: every part 1.00x, every accuracy +0.00.
+  same = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--compare", str(out),
+                         str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert same.returncode == 0, same.stderr
+  lines = same.stdout.splitlines()
+  assert f"| total | {result['wall_s']:.1f} | {result['wall_s']:.1f} | 1.00x |" in lines
+  assert "| digits_a | mlfd | " in same.stdout
+  diffs = [line.split("|")[-2].strip() for line in lines if line.startswith("| digits_")]
+  assert len(diffs) == 9 and set(diffs) == {"+0.00"}
