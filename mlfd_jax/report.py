@@ -41,6 +41,12 @@ def method_label(model: str, entry: dict) -> str:
   return name
 
 
+def column(run: dict, model: str, entry: dict) -> str:
+  """The table column of one entry of `run`: its method label, `GROUP:label` in a tagged run."""
+  label = method_label(model, entry)
+  return f"{run['_group']}:{label}" if run.get("_group") else label
+
+
 def load_runs(paths: Iterable[str]) -> list[dict]:
   """Each path's results; `GROUP=PATH` tags a run so its methods show as `GROUP:method`."""
   runs = []
@@ -70,9 +76,7 @@ def collect(runs: list[dict], which: str = "best", metric: str = "test_top1"
           continue  # num_classes
         source = entry if which == "best" else entry.get("last", {})
         if metric in source:
-          label = method_label(model, entry)
-          label = f"{run['_group']}:{label}" if run.get("_group") else label
-          row.setdefault(label, []).append(float(source[metric]))
+          row.setdefault(column(run, model, entry), []).append(float(source[metric]))
   return table
 
 
@@ -94,9 +98,7 @@ def per_run(runs: list[dict], metric: str = "test_top1"
       row = table.setdefault(dataset, {})
       for model, entry in models.items():
         if isinstance(entry, dict) and metric in entry:
-          method = method_label(model, entry)
-          method = f"{run['_group']}:{method}" if run.get("_group") else method
-          row.setdefault(method, {})[label] = float(entry[metric])
+          row.setdefault(column(run, model, entry), {})[label] = float(entry[metric])
   return table
 
 
@@ -197,6 +199,26 @@ def plot(table: dict, path: str, title: str) -> None:
   plt.close(fig)
 
 
+def format_commands(runs: list[dict]) -> str:
+  """Each run's columns with the config file and `--config.K=V` overrides that made them
+  (results.json's `overrides`): what a reader needs to make any number of the tables again.
+  The datasets of one column share a command; entries written before overrides were recorded
+  say so."""
+  rows = ["### How each column was made", "", "| run | column | command |", "|---|---|---|"]
+  for i, run in enumerate(runs):
+    made: dict[str, set[str]] = {}
+    for models in run.get("datasets", {}).values():
+      for model, entry in models.items():
+        if isinstance(entry, dict):
+          flags = entry.get("overrides")
+          made.setdefault(column(run, model, entry), set()).add(
+              "(not recorded)" if flags is None else
+              "`" + " ".join([f"--config={run.get('config', '?')}", *flags]) + "`")
+    for label, commands in made.items():
+      rows += [f"| {run_label(run, i)} | {label} | {c} |" for c in sorted(commands)]
+  return "\n".join(rows) + "\n"
+
+
 def write_report(paths: list[str], out: str) -> dict[str, str]:
   runs = load_runs(paths)
   fileio.makedirs(out)
@@ -210,7 +232,8 @@ def write_report(paths: list[str], out: str) -> dict[str, str]:
   md += [format_per_run(values, "Per run (best checkpoint by validation)"),
          format_per_run(paired_differences(values),
                         "Paired difference to `individual` (same run, so same seed), points",
-                        signed=True)]
+                        signed=True),
+         format_commands(runs)]
   files = {"md": fileio.join(out, "results.md"), "png": fileio.join(out, "results.png")}
   fileio.write_atomic(files["md"], "\n".join(md))
   plot(best, files["png"], "test top-1, best-by-validation checkpoint (mean ± std)")

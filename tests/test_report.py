@@ -101,3 +101,26 @@ def test_ablation_groups_pair_with_the_baseline_runs_individual(runs, tmp_path):
   assert "| mnist | mlfd | 96.00 ± 1.41 | 95.00 | 97.00 |" in per_run
   paired = md.split("### Paired")[1]
   assert "| mnist | abl:mlfd | +9.00 (1/1 > 0) | +9.00 | — |" in paired
+
+
+def test_each_column_names_the_command_that_made_it(tmp_path):
+  stage4 = ["--config.seed=1", "--config.joint.fusion_level=stage4"]
+  run = _write(tmp_path / "s1", 1, {
+      name: {"num_classes": 10,
+             "teacher": {**_entry(0.9), "overrides": ["--config.seed=1"]},
+             "student": {**_entry(0.9), "method": "kd", "name": "kd",
+                         "overrides": [*stage4, "--config.distill.method=kd"]},
+             "joint_teacher": _entry(0.9)}  # written before overrides were recorded
+      for name in ("mnist", "cifar")})
+  files = report.write_report([run, f"abl={run}"], str(tmp_path / "out"))
+  md = open(files["md"]).read().split("### How each column was made")[1]
+  rows = [line for line in md.splitlines() if line.startswith("| seed1 |")]
+  assert rows == [  # one row per column: both datasets share each command
+      "| seed1 | individual | `--config=c.py --config.seed=1` |",
+      "| seed1 | kd | `--config=c.py --config.seed=1 --config.joint.fusion_level=stage4 "
+      "--config.distill.method=kd` |",
+      "| seed1 | joint_teacher | (not recorded) |",
+      "| seed1 | abl:individual | `--config=c.py --config.seed=1` |",
+      "| seed1 | abl:kd | `--config=c.py --config.seed=1 --config.joint.fusion_level=stage4 "
+      "--config.distill.method=kd` |",
+      "| seed1 | abl:joint_teacher | (not recorded) |"]
