@@ -3,6 +3,7 @@ training image and read by index give the same loss as running the frozen models
 view is not augmented."""
 
 import dataclasses
+import logging
 
 import jax
 import numpy as np
@@ -112,3 +113,22 @@ def test_precomputed_maps_refused_with_fine_tuned_teachers(digits_config):
   assert str(e.value) == (
       "joint.precompute_teachers computes the frozen teachers' maps once, but "
       "joint.finetune_teachers=True trains the teachers; set one of them False")
+
+
+def test_a_table_larger_than_what_the_steps_take_is_called_slower(digits_config, caplog):
+  n = RunContext(digits_config, "").dataset("digits_a").num_examples("train")
+  cfg = digits_config.student_train
+  cfg.batch_size = 16
+  for steps, warned in ((n // 16 - 1, True), (n // 16 + 1, False)):
+    cfg.steps = steps
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      _, spec = _student(digits_config, precompute=True)
+      spec.frozen()
+    lines = [r.getMessage() for r in caplog.records if "precompute_targets" in r.getMessage()]
+    assert lines == ([
+        f"distill.precompute_targets: the joint teacher's targets for digits_a are computed "
+        f"for all {n} training images of digits_a, but the stage's steps take only "
+        f"{steps * 16} ({steps * 16 / n:.2f} epochs), so this is slower than running them "
+        f"live; set --config.distill.precompute_targets=False unless you want its accuracy "
+        f"effect"] if warned else [])

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from absl import logging
 
 from mlfd_jax import parallel
 from mlfd_jax.data import arrays, augment
@@ -25,14 +26,16 @@ MAX_BYTES = 4 * 2 ** 30  # a table above this is refused: it is held on every de
 
 
 def table(outputs: Callable[[Any, jax.Array], Any], variables, dataset, mesh, batch_size: int,
-          what: str, key: str):
+          what: str, key: str, seen: int):
   """`outputs(variables, normalised images)` for every row of `dataset`'s train split, in row
   order, as arrays replicated on `mesh` (a pytree of [N, ...]); `key` is the config switch that
-  asked for it (named in errors)."""
+  asked for it (named in errors), `seen` the number of training images the stage's steps take
+  (steps x batch size)."""
   if not isinstance(dataset, arrays.ArrayDataset):
     raise ValueError(f"{key} needs an in-memory dataset (npz or sklearn_digits); "
                      f"{dataset.name!r} streams through tf.data; set --config.{key}=False")
   n = dataset.num_examples("train")
+  warn_if_slower(n, seen, what=what, key=key, name=dataset.name)
   per_example = jax.eval_shape(outputs, variables, jax.ShapeDtypeStruct(
       (1, dataset.image_size, dataset.image_size, 3), np.float32))
   size = n * sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(per_example))
@@ -50,6 +53,17 @@ def table(outputs: Callable[[Any, jax.Array], Any], variables, dataset, mesh, ba
     parts.append(jax.device_get(run(variables, images)))
   rows = jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)
   return jax.device_put(rows, repl)
+
+
+def warn_if_slower(n: int, seen: int, *, what: str, key: str, name: str) -> None:
+  """Precomputing runs the frozen part once per training image; running it live, once per
+  image a step takes. Under one epoch the switch costs more forward passes than it saves
+  (configs/shared_trio.py's students take 25,600 of MNIST's 54,000 images): say so."""
+  if seen < n:
+    logging.warning("%s: %s are computed for all %d training images of %s, but the stage's "
+                    "steps take only %d (%.2f epochs), so this is slower than running them "
+                    "live; set --config.%s=False unless you want its accuracy effect", key, what,
+                    n, name, seen, seen / n, key)
 
 
 def gather(rows, index: jax.Array):

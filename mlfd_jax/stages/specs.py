@@ -218,10 +218,13 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
   def frozen():
     if not precompute:
       return {"teachers": teacher_vars()}
+    mixed = train_data()
     maps = precomputed.table(
-        lambda tv, images: model.teacher_maps(tv, images), teacher_vars(), train_data(),
+        lambda tv, images: model.teacher_maps(tv, images), teacher_vars(), mixed,
         ctx.mesh, eval_batch_size(c.joint_train),
-        what=f"the teachers' {jc.fusion_level} maps", key="joint.precompute_teachers")
+        what=f"the teachers' {jc.fusion_level} maps", key="joint.precompute_teachers",
+        seen=train.num_steps(c.joint_train, mixed.num_examples("train"))
+        * int(c.joint_train.batch_size))
     return {"teachers": teacher_vars(), "maps": maps}
 
   def init(key):
@@ -316,11 +319,12 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
                    model.level_shapes, variables)
 
   def table():
-    name = ctx.names[index]
-    return {"targets": precomputed.table(outputs, variables(), ctx.dataset(name), ctx.mesh,
-                                         eval_batch_size(ctx.config.student_train),
-                                         what=f"the joint teacher's targets for {name}",
-                                         key="distill.precompute_targets")}
+    name, cfg = ctx.names[index], ctx.config.student_train
+    ds = ctx.dataset(name)
+    return {"targets": precomputed.table(
+        outputs, variables(), ds, ctx.mesh, eval_batch_size(cfg),
+        what=f"the joint teacher's targets for {name}", key="distill.precompute_targets",
+        seen=train.num_steps(cfg, ds.num_examples("train")) * int(cfg.batch_size))}
 
   return _Source(lambda frozen, batch: precomputed.gather(frozen["targets"], batch["index"]),
                  model.level_shapes, table)
