@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
   if bad:
     parser.error(f"unknown argument {bad[0]}; only --config.K=V overrides pass through")
   if args.compare:
-    a, b = (json.load(open(p)) for p in args.compare)
+    a, b = (json.loads(pathlib.Path(p).read_text()) for p in args.compare)
     names = tuple(os.path.splitext(os.path.basename(p))[0] for p in args.compare)
     print(format_compare(a, b, names))
     return 0
@@ -166,9 +167,7 @@ def main(argv=None) -> int:
   result = run(args, overrides)
   print(format_one(result))
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=1)
+    timing.write_json(args.json, result)
   return 0
 
 

@@ -24,7 +24,6 @@ its rows reuse the JAX side's FLOPs (same model, same step). The JSON schema is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -333,9 +332,7 @@ def main(argv=None) -> int:
   print(f"peak (best {', '.join(f'{k} {v / 1e9:.0f}' for k, v in peaks.items())} GFLOP/s "
         f"matmul); {out['device']}")
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=1)
+    timing.write_json(args.json, out)
   return 0
 
 

@@ -9,6 +9,8 @@ matmul in the same dtype, measured here, not a datasheet number.
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import re
 import statistics
@@ -81,3 +83,10 @@ def cpu_description() -> dict[str, str]:
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni")
     out["isa"] = " ".join(f for f in wanted if f in flags.group(1).split())
   return out
+
+
+def write_json(path: str, result: dict) -> None:
+  """A benchmark's result as JSON at `path`, its folder made if missing."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
