@@ -19,23 +19,25 @@ import jax
 import numpy as np
 from absl import logging
 
-from mlfd_jax import parallel
+from mlfd_jax import parallel, train
 from mlfd_jax.data import arrays, augment
+from mlfd_jax.evaluation import eval_batch_size
 
 MAX_BYTES = 4 * 2 ** 30  # a table above this is refused: it is held on every device
 
 
-def table(outputs: Callable[[Any, jax.Array], Any], variables, dataset, mesh, batch_size: int,
-          what: str, key: str, seen: int):
+def table(outputs: Callable[[Any, jax.Array], Any], variables, dataset, mesh, train_cfg,
+          what: str, key: str):
   """`outputs(variables, normalised images)` for every row of `dataset`'s train split, in row
-  order, as arrays replicated on `mesh` (a pytree of [N, ...]); `key` is the config switch that
-  asked for it (named in errors), `seen` the number of training images the stage's steps take
-  (steps x batch size)."""
+  order, as arrays replicated on `mesh` (a pytree of [N, ...]), for the stage that trains under
+  `train_cfg`; `key` is the config switch that asked for it (named in errors)."""
   if not isinstance(dataset, arrays.ArrayDataset):
     raise ValueError(f"{key} needs an in-memory dataset (npz or sklearn_digits); "
                      f"{dataset.name!r} streams through tf.data; set --config.{key}=False")
   n = dataset.num_examples("train")
+  seen = train.num_steps(train_cfg, n) * int(train_cfg.batch_size)
   warn_if_slower(n, seen, what=what, key=key, name=dataset.name)
+  batch_size = eval_batch_size(train_cfg)
   per_example = jax.eval_shape(outputs, variables, jax.ShapeDtypeStruct(
       (1, dataset.image_size, dataset.image_size, 3), np.float32))
   size = n * sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(per_example))

@@ -20,7 +20,7 @@ import numpy as np
 from mlfd_jax import data, distill, modelfn, optim, parallel, train
 from mlfd_jax.data import augment
 from mlfd_jax.distill import base as distill_base
-from mlfd_jax.evaluation import EvalSet, eval_batch_size
+from mlfd_jax.evaluation import EvalSet
 from mlfd_jax.functional import linear_apply
 from mlfd_jax.joint_teacher import JointTeacher
 from mlfd_jax.models import MAP_LEVELS, FeatureSpace, feature_space
@@ -218,13 +218,10 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
   def frozen():
     if not precompute:
       return {"teachers": teacher_vars()}
-    mixed = train_data()
     maps = precomputed.table(
-        lambda tv, images: model.teacher_maps(tv, images), teacher_vars(), mixed,
-        ctx.mesh, eval_batch_size(c.joint_train),
-        what=f"the teachers' {jc.fusion_level} maps", key="joint.precompute_teachers",
-        seen=train.num_steps(c.joint_train, mixed.num_examples("train"))
-        * int(c.joint_train.batch_size))
+        lambda tv, images: model.teacher_maps(tv, images), teacher_vars(), train_data(),
+        ctx.mesh, c.joint_train,
+        what=f"the teachers' {jc.fusion_level} maps", key="joint.precompute_teachers")
     return {"teachers": teacher_vars(), "maps": maps}
 
   def init(key):
@@ -319,12 +316,11 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
                    model.level_shapes, variables)
 
   def table():
-    name, cfg = ctx.names[index], ctx.config.student_train
-    ds = ctx.dataset(name)
-    return {"targets": precomputed.table(
-        outputs, variables(), ds, ctx.mesh, eval_batch_size(cfg),
-        what=f"the joint teacher's targets for {name}", key="distill.precompute_targets",
-        seen=train.num_steps(cfg, ds.num_examples("train")) * int(cfg.batch_size))}
+    name = ctx.names[index]
+    return {"targets": precomputed.table(outputs, variables(), ctx.dataset(name), ctx.mesh,
+                                         ctx.config.student_train,
+                                         what=f"the joint teacher's targets for {name}",
+                                         key="distill.precompute_targets")}
 
   return _Source(lambda frozen, batch: precomputed.gather(frozen["targets"], batch["index"]),
                  model.level_shapes, table)
