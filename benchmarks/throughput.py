@@ -66,6 +66,8 @@ def make_config(args, data_root: str, data_file: str):
   for group in (c.teachers, c.students):
     for name in group.keys():
       group[name] = model_block(args.model, width=args.width)
+      if args.depthwise:
+        group[name].depthwise = args.depthwise
   for train_cfg in (c.teacher_train, c.joint_train, c.student_train):
     train_cfg.batch_size, train_cfg.dtype = args.batch, args.dtype
   c.distill.probe_steps, c.distill.probe_examples = 2, 64  # probes: fitted once, not timed
@@ -194,8 +196,16 @@ def _common(stage: str, args, impl: str, step_ms: float) -> dict[str, Any]:
           "width": args.width, "batch": args.batch, "image_size": args.image_size,
           "teachers": args.teachers, "dtype": args.dtype, "step_ms": step_ms,
           "sharding": args.sharding if impl == "jax" else None,
+          "depthwise": _depthwise(args) if impl == "jax" else None,
           "devices": jax.device_count() if impl == "jax" else 1,
           "img_per_s": 1e3 * args.batch / step_ms}
+
+
+def _depthwise(args) -> str | None:
+  """How a ConvNeXt's depthwise convs ran (models/depthwise.py); None for other models."""
+  from mlfd_jax.models import depthwise
+
+  return depthwise.resolve(args.depthwise or "auto") if args.model.startswith("convnext") else None
 
 
 # PyTorch ------------------------------------------------------------------------------------
@@ -270,6 +280,8 @@ def parse_args(argv):
   p.add_argument("--image_size", type=int, default=32)
   p.add_argument("--teachers", type=int, default=3, help="datasets, so frozen teachers")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--depthwise", choices=("auto", "shifts", "xla"),
+                 help="ConvNeXt only: how its depthwise convs run (models/depthwise.py)")
   p.add_argument("--sharding", default="replicated", choices=("replicated", "fsdp"),
                  help="the trained state's layout over the devices (config.sharding)")
   p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
@@ -294,6 +306,8 @@ def parse_args(argv):
   if args.precompute:
     stages = [s for s in stages if s in ("joint", "student:mlfd", "student:kd", "teacher",
                                          "eval")]
+  if args.depthwise and not args.model.startswith("convnext"):
+    p.error(f"--depthwise is for ConvNeXt models, not {args.model}")
   if NUM_CLASSES % args.teachers:
     p.error(f"--teachers={args.teachers} does not divide the {NUM_CLASSES} classes")
   return args, stages

@@ -148,6 +148,7 @@ def test_unknown_option_is_named(name, kw, bad):
     ("vit_s", dict(width=0.3), "heads .* must divide"),  # 115 wide, 2 heads.
     ("vit_ti", dict(patch_size=5), "patch_size 5 must divide"),
     ("convnext_atto", dict(depths=(1, 1)), "depths"),
+    ("convnext_atto", dict(depthwise="fast"), "unknown depthwise 'fast'; valid: auto, shifts"),
     ("resnet18", dict(width=0), "width"),
 ])
 def test_bad_option_values_raise(name, kw, msg):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mlfd_jax.models.depthwise import DepthwiseConv
 from mlfd_jax.models.layers import (LEVELS, SMALL_IMAGE, FeatureSpace, check_image_size,
                                     check_width, drop_path, scaled, stochastic_rngs)
 
@@ -23,9 +24,9 @@ def _ln(dim, *, dtype, rngs):
 class Block(nnx.Module):
   """7x7 depthwise conv -> LN -> Linear 4x -> GELU -> Linear -> layer scale -> drop-path."""
 
-  def __init__(self, dim, drop_rate, *, dtype, rngs):
-    self.dwconv = nnx.Conv(dim, dim, (7, 7), padding=3, feature_group_count=dim,
-                           kernel_init=_init, dtype=dtype, rngs=rngs)
+  def __init__(self, dim, drop_rate, *, dtype, rngs, depthwise: str = "auto"):
+    self.dwconv = DepthwiseConv(dim, 7, impl=depthwise, kernel_init=_init, dtype=dtype,
+                                rngs=rngs)
     self.norm = _ln(dim, dtype=dtype, rngs=rngs)
     self.fc1 = nnx.Linear(dim, 4 * dim, kernel_init=_init, dtype=dtype, rngs=rngs)
     self.fc2 = nnx.Linear(4 * dim, dim, kernel_init=_init, dtype=dtype, rngs=rngs)
@@ -64,7 +65,7 @@ class ConvNeXt(nnx.Module):
 
   def __init__(self, *, depths: Sequence[int], dims: Sequence[int], num_classes: int,
                image_size: int, rngs: nnx.Rngs, dtype: Any = jnp.float32,
-               drop_path: float = 0.0):
+               drop_path: float = 0.0, depthwise: str = "auto"):
     depths, dims = tuple(int(d) for d in depths), tuple(int(d) for d in dims)
     if len(depths) != 4 or min(depths) < 0:
       raise ValueError(f"depths must be 4 non-negative ints, got {depths!r}")
@@ -85,8 +86,8 @@ class ConvNeXt(nnx.Module):
     rates = [drop_path * j / max(n - 1, 1) for j in range(n)]
     stages, k = [], 0
     for depth, dim in zip(depths, dims):
-      stages.append(nnx.List([Block(dim, rates[k + j], dtype=dtype, rngs=rngs)
-                              for j in range(depth)]))
+      stages.append(nnx.List([Block(dim, rates[k + j], dtype=dtype, rngs=rngs,
+                                    depthwise=depthwise) for j in range(depth)]))
       k += depth
     self.stages = nnx.List(stages)
     self.norm = _ln(dims[-1], dtype=dtype, rngs=rngs)
@@ -110,16 +111,18 @@ class ConvNeXt(nnx.Module):
 def _factory(name: str, depths: tuple[int, ...], dims: tuple[int, ...]):
   def make(*, num_classes: int, image_size: int, rngs: nnx.Rngs, dtype: Any = jnp.float32,
            width: float = 1.0, depths: Sequence[int] | None = None,
-           drop_path: float = 0.0) -> ConvNeXt:
+           drop_path: float = 0.0, depthwise: str = "auto") -> ConvNeXt:
     w = check_width(width)
     return ConvNeXt(depths=default_depths if depths is None else depths,
                     dims=[scaled(d, w) for d in dims], num_classes=num_classes,
-                    image_size=image_size, rngs=rngs, dtype=dtype, drop_path=drop_path)
+                    image_size=image_size, rngs=rngs, dtype=dtype, drop_path=drop_path,
+                    depthwise=depthwise)
 
   default_depths = depths
   make.__name__ = make.__qualname__ = name
   make.__doc__ = (f"{name}: depths {depths}, dims {dims}; `width` scales dims, `depths` "
-                  "overrides the blocks per stage.")
+                  "overrides the blocks per stage, `depthwise` picks how the 7x7 depthwise "
+                  "convs run (models/depthwise.py: auto, shifts, xla).")
   return make
 
 
