@@ -26,7 +26,7 @@ from absl import logging
 
 from mlfd_jax import checkpoint, optim, parallel
 from mlfd_jax.data import augment
-from mlfd_jax.evaluation import EvalSet, Evaluator, eval_batch_size
+from mlfd_jax.evaluation import EvalSet, Evaluator, FrozenInputs, eval_batch_size
 
 
 class Writer(Protocol):
@@ -52,6 +52,8 @@ class Task:
   gate_updates(updates, step) -> updates: zeroes the optimizer's updates of params that must
       hold still from some step on (default: none). Exact under momentum and weight decay,
       which a stop_gradient in `loss` alone is not.
+  frozen_inputs: `predict` split where its frozen part ends, so that evaluation computes that
+      part once per split (evaluation.FrozenInputs); None: `predict` runs whole every time.
   """
 
   name: str
@@ -63,6 +65,7 @@ class Task:
   flip: bool = False
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
   gate_updates: Callable[[Any, jax.Array], Any] = keep_updates
+  frozen_inputs: FrozenInputs | None = None
 
 
 def num_steps(train_cfg, num_train_examples: int, key: str = "train config") -> int:
@@ -216,7 +219,8 @@ class Trainer:
     self.spent = {"validation": 0.0, "checkpoints": 0.0}  # seconds, in the last `train`
     self.tx, self.schedule = optim.make_optimizer(train_cfg.optimizer, train_cfg.schedule,
                                                   total_steps)
-    self.evaluator = Evaluator(task.predict, task.frozen, mesh, eval_batch_size(train_cfg))
+    self.evaluator = Evaluator(task.predict, task.frozen, mesh, eval_batch_size(train_cfg),
+                               frozen_inputs=task.frozen_inputs)
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     # Replicated, or split over the mesh's fsdp axis (parallel.py), leaf by leaf.
     self._shapes = jax.eval_shape(self._make, jax.random.key(0))

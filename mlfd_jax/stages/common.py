@@ -34,7 +34,8 @@ def record_report(ctx: RunContext, spec: ModelSpec, ckpts: checkpoint.Checkpoint
   if not todo:
     return
   evaluator = evaluator or Evaluator(spec.predict, spec.frozen(), ctx.mesh,
-                                     eval_batch_size(spec.train_cfg))
+                                     eval_batch_size(spec.train_cfg),
+                                     frozen_inputs=spec.frozen_inputs)
   abstract = train.abstract_variables(spec.init, ctx.mesh)
   for name, entry in evaluator.report(ckpts, abstract, todo).items():
     logging.info("[%s] %s best step %d: val %.4f test top1 %.4f top5 %.4f (last step %d: "

@@ -20,7 +20,7 @@ import numpy as np
 from mlfd_jax import data, distill, modelfn, optim, parallel, train
 from mlfd_jax.data import augment
 from mlfd_jax.distill import base as distill_base
-from mlfd_jax.evaluation import EvalSet
+from mlfd_jax.evaluation import EvalSet, FrozenInputs
 from mlfd_jax.functional import linear_apply
 from mlfd_jax.joint_teacher import JointTeacher
 from mlfd_jax.models import MAP_LEVELS, FeatureSpace, feature_space
@@ -58,6 +58,7 @@ class ModelSpec:
   pad: int
   flip: bool
   frozen: Callable[[], Any] = lambda: None  # the frozen variables it stands on
+  frozen_inputs: FrozenInputs | None = None  # where `predict`'s frozen part ends (evaluation)
   extra: dict = dataclasses.field(default_factory=dict)  # stored in its results entries
 
   @property
@@ -87,7 +88,7 @@ class ModelSpec:
     """The training task: this model with the stage's loss (frozen models restored now)."""
     return train.Task(name=self.label, init=self.init, loss=loss, predict=self.predict,
                       frozen=self.frozen(), pad=self.pad, flip=self.flip, meta=self.meta,
-                      gate_updates=gate_updates)
+                      gate_updates=gate_updates, frozen_inputs=self.frozen_inputs)
 
 
 # Model configs ------------------------------------------------------------------------------
@@ -144,7 +145,8 @@ def teacher(ctx: RunContext, name: str) -> ModelSpec:
   block = model_config(ctx, "teachers", name)
   fn = model_fn(ctx, block, ds, c.teacher_train)
   return ModelSpec(
-      what=f"teacher of {name}", label=f"teacher/{name}", stage="teachers", dirname="teachers", name=name, model=fn,
+      what=f"teacher of {name}", label=f"teacher/{name}", stage="teachers", dirname="teachers",
+      name=name, model=fn,
       init=fn.init, predict=_classifier_predict(fn),
       meta={"model": block, "num_classes": ds.num_classes, "image_size": ds.image_size},
       train_cfg=c.teacher_train, train_key="teacher_train",
@@ -233,6 +235,14 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
   def predict(params, model_state, frozen, images, head):
     return model.apply(params, model_state, frozen, images, train=False)[0][head]
 
+  def predict_from_maps(params, model_state, frozen, maps, head):
+    return model.apply(params, model_state, frozen, None, train=False, maps=maps)[0][head]
+
+  # Frozen teachers give the same maps of an evaluation image at every validation: computed
+  # once per split. Fine-tuned teachers change, so they run every time.
+  frozen_inputs = None if model.finetune else FrozenInputs(
+      compute=lambda frozen, images: model.teacher_maps(frozen["teachers"], images),
+      predict=predict_from_maps)
   meta = {"teachers": [model_config(ctx, "teachers", n) for n in ctx.names],
           "heads": [ctx.names[i] for i in heads],
           "num_classes": [d.num_classes for d in members],
@@ -247,7 +257,7 @@ def joint(ctx: RunContext, target: str, heads: list[int]) -> ModelSpec:
       train_data=train_data,
       eval_sets=[EvalSet(ctx.names[i], datasets[i], head=h) for h, i in enumerate(heads)],
       results_key="joint_teacher", seed=c.seed, pad=min(int(d.pad) for d in members),
-      flip=all(d.flip for d in members), frozen=frozen)
+      flip=all(d.flip for d in members), frozen=frozen, frozen_inputs=frozen_inputs)
 
 
 def joints(ctx: RunContext) -> list[ModelSpec]:
