@@ -80,7 +80,9 @@ class Evaluator:
 
   def _input_batches(self, eval_set: EvalSet, split: str):
     """The split's batches with the frozen part's outputs in place of the images, kept for the
-    next call while the cache has room (each process keeps its own share)."""
+    next call while the cache has room. Each process keeps its own share; the shares of a
+    global batch are equal, so every process makes the same choice and runs the same
+    programs."""
     key = (eval_set.name, split)
     if key in self._cache:
       yield from self._cache[key]
