@@ -201,11 +201,17 @@ def _common(stage: str, args, impl: str, step_ms: float) -> dict[str, Any]:
           "img_per_s": 1e3 * args.batch / step_ms}
 
 
+def _has_depthwise(model: str) -> bool:
+  from mlfd_jax.models import model_options
+
+  return "depthwise" in model_options(model)
+
+
 def _depthwise(args) -> str | None:
   """How a ConvNeXt's depthwise convs ran (models/depthwise.py); None for other models."""
   from mlfd_jax.models import depthwise
 
-  return depthwise.resolve(args.depthwise or "auto") if args.model.startswith("convnext") else None
+  return depthwise.resolve(args.depthwise or "auto") if _has_depthwise(args.model) else None
 
 
 # PyTorch ------------------------------------------------------------------------------------
@@ -306,7 +312,7 @@ def parse_args(argv):
   if args.precompute:
     stages = [s for s in stages if s in ("joint", "student:mlfd", "student:kd", "teacher",
                                          "eval")]
-  if args.depthwise and not args.model.startswith("convnext"):
+  if args.depthwise and not _has_depthwise(args.model):
     p.error(f"--depthwise is for ConvNeXt models, not {args.model}")
   if NUM_CLASSES % args.teachers:
     p.error(f"--teachers={args.teachers} does not divide the {NUM_CLASSES} classes")

@@ -4,7 +4,6 @@ at every later validation, with the same accuracies as running the whole model e
 import dataclasses
 
 import jax
-import numpy as np
 
 from mlfd_jax import parallel
 from mlfd_jax.evaluation import Evaluator
