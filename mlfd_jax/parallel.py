@@ -20,6 +20,9 @@ from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
+# The coordination service's client: its barrier has a timeout of our choosing (jax's own
+# array serialization waits on it the same way).
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -116,10 +119,21 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, bool))))
 
 
+BARRIER_TIMEOUT_S = 3600
+_barriers = [0]  # barriers passed by this process: every process passes the same ones in order
+
+
 def barrier(name: str) -> None:
-  """Waits until every process reaches `name` (after process 0 wrote a file the others read)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  """Waits until every process reaches `name` (after process 0 wrote a file the others read, or
+  before a collective that follows work whose length differs between processes).
+
+  It waits in the coordination service, up to BARRIER_TIMEOUT_S: a CPU collective (gloo) gives
+  up after 30 s, and a process still compiling or loading data on a busy host can be later."""
+  if jax.process_count() == 1:
+    return
+  _barriers[0] += 1
+  client = jax_distributed.global_state.client
+  client.wait_at_barrier(f"mlfd_jax/{_barriers[0]}/{name}", timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
 
 
 def replicated_key(seed: int, mesh) -> jax.Array:

@@ -7,9 +7,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
+
+import testenv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +36,11 @@ SCRIPT = textwrap.dedent("""
     ds = ctx.dataset("digits_a")
     fn = specs.model_fn(ctx, dict(c.teachers.digits_a), ds, c.teacher_train)
     mesh = parallel.make_mesh()
-    v = jax.device_put(jax.jit(fn.init)(jax.random.key(0)), parallel.replicated(mesh))
+    v = jax.jit(fn.init)(jax.random.key(0))
+    # Line the processes up before their first collective: gloo gives up on a process more
+    # than 30 s late, and on a busy host one process can fall that far behind while compiling.
+    parallel.barrier("variables made")
+    v = jax.device_put(v, parallel.replicated(mesh))
     x, y = probes.pooled_features(fn, v, ds.image_size, ds, "val", 60, mesh, batch_size=32)
 
     # Three teacher steps, each process feeding its rows of every global batch (no crops and a
@@ -46,6 +53,7 @@ SCRIPT = textwrap.dedent("""
     task = dataclasses.replace(teachers.teacher_task(ctx, "digits_a"), pad=0)
     trainer = train.Trainer(task, cfg, mesh, total_steps=3)
     model, state = trainer.init(jax.random.key(0))
+    parallel.barrier("trainer made")
     key = parallel.replicated_key(1, mesh)
     batches = ds.train_batches(16, seed=0, process_index=jax.process_index(),
                                process_count=jax.process_count())
@@ -75,18 +83,33 @@ def _free_port() -> int:
 
 
 def _launch(tmp_path, nproc: int) -> list:
+  """Runs SCRIPT on `nproc` processes; the first that fails stops the others (which would
+  otherwise wait for it at their next collective) and the assertion shows every log."""
   script = tmp_path / "probe_features.py"
   script.write_text(SCRIPT)
   port, env = str(_free_port()), {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   outs = [tmp_path / f"out_{nproc}_{p}.npz" for p in range(nproc)]
+  logs = [tmp_path / f"log_{nproc}_{p}.txt" for p in range(nproc)]
   workdir = tmp_path / f"workdir_{nproc}"
-  procs = [subprocess.Popen([sys.executable, str(script), str(p), str(nproc), port, ROOT,
-                             str(out), str(workdir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-           for p, out in enumerate(outs)]
+  procs = []
+  for p, (out, log) in enumerate(zip(outs, logs)):
+    with open(log, "w") as f:
+      procs.append(subprocess.Popen([sys.executable, str(script), str(p), str(nproc), port,
+                                     ROOT, str(out), str(workdir)], env=env, stdout=f,
+                                    stderr=subprocess.STDOUT))
+  deadline = time.time() + 900
+  while time.time() < deadline and any(p.poll() is None for p in procs):
+    if any(p.poll() not in (None, 0) for p in procs):
+      time.sleep(10)  # the others may fail on their own, with their own message
+      break
+    time.sleep(0.2)
   for p in procs:
-    log, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, log[-3000:]
+    if p.poll() is None:
+      p.kill()
+    p.wait()
+  assert all(p.returncode == 0 for p in procs), "\n".join(
+      f"--- process {i} (exit {p.returncode}):\n{log.read_text()[-3000:]}"
+      for i, (p, log) in enumerate(zip(procs, logs)))
   return outs
 
 
@@ -157,7 +180,6 @@ def test_sigterm_to_one_of_two_slurm_processes_stops_both_at_one_saved_step(tmp_
   import json
   import re
   import signal
-  import time
   job = str(_slurm_job_id())
   workdir = tmp_path / "w"
   args = [sys.executable, "-m", "mlfd_jax.main", "--config=configs/digits.py:tiny",
@@ -172,7 +194,7 @@ def test_sigterm_to_one_of_two_slurm_processes_stops_both_at_one_saved_step(tmp_
              "SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
              "SLURM_PROCID": str(p), "SLURM_LOCALID": str(p),
              "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+             "XLA_FLAGS": testenv.xla_flags(1)}
       procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True))
     return procs
