@@ -133,7 +133,8 @@ def barrier(name: str) -> None:
     return
   _barriers[0] += 1
   client = jax_distributed.global_state.client
-  client.wait_at_barrier(f"mlfd_jax/{_barriers[0]}/{name}", timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
+  client.wait_at_barrier(f"mlfd_jax/{_barriers[0]}/{name}",
+                         timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
 
 
 def replicated_key(seed: int, mesh) -> jax.Array:

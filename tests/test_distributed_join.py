@@ -11,8 +11,6 @@ import time
 
 import pytest
 
-import testenv
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ERR = "mlfd_jax: error: "
 TRACE = " (MLFD_TRACEBACK=1 shows where)"
@@ -24,7 +22,7 @@ def _env():
   """No cluster in sight (a CI job may run under SLURM), one CPU device, gloo collectives."""
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "MLFD_TRACEBACK"))}
-  return {**env, "XLA_FLAGS": testenv.xla_flags(1),
+  return {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
 
 

@@ -3,6 +3,7 @@ of them (`fsdp_size=2`, the hybrid layout), computes what the replicated run com
 checkpoints restore under any layout."""
 
 import dataclasses
+import os
 import pathlib
 import subprocess
 import sys
@@ -11,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-import testenv
 from mlfd_jax import checkpoint, parallel, train
 from mlfd_jax.stages import teachers
 from mlfd_jax.stages.context import RunContext
@@ -114,7 +114,7 @@ def test_a_checkpoint_restores_across_sharding_modes(digits_config, small_thresh
     (["--config.fsdp_size=2"], "fsdp_size=2 needs sharding='fsdp' (it is 'replicated')"),
 ], ids=["unknown_sharding", "fsdp_size_not_a_divisor", "fsdp_size_without_fsdp"])
 def test_a_bad_sharding_is_one_line(tmp_path, flags, error):
-  env = testenv.env(8)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", "--config=configs/digits.py:tiny",
                       f"--workdir={tmp_path / 'w'}", *flags],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

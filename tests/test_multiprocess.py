@@ -12,8 +12,6 @@ import time
 import numpy as np
 import pytest
 
-import testenv
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent("""
@@ -194,7 +192,7 @@ def test_sigterm_to_one_of_two_slurm_processes_stops_both_at_one_saved_step(tmp_
              "SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
              "SLURM_PROCID": str(p), "SLURM_LOCALID": str(p),
              "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-             "XLA_FLAGS": testenv.xla_flags(1)}
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
       procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True))
     return procs
