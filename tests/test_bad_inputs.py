@@ -31,11 +31,12 @@ def _digests(root: pathlib.Path) -> dict[str, str]:
           for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _fail(workdir: pathlib.Path, *args: str, preexec_fn=None) -> str:
+def _fail(workdir: pathlib.Path, *args: str, preexec_fn=None, env_extra=None) -> str:
   """Runs the command on `workdir`; asserts exit code 2 and every file already there intact;
   returns stderr."""
   before = _digests(workdir) if workdir.is_dir() else {}
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         **(env_extra or {})}
   env.pop("MLFD_TRACEBACK", None)
   r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", *args, f"--workdir={workdir}"],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -218,7 +219,10 @@ def test_a_write_that_fails_mid_run_keeps_what_was_saved(workdir, tmp_path):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
 
-  stderr = _fail(workdir, DIGITS, "--config.stage=joint", preexec_fn=small_files)
+  # JAX writes compilation-cache entries in place and never rewrites one that exists: entries
+  # cut at the size limit would make every later test recompile those programs. Keep them here.
+  stderr = _fail(workdir, DIGITS, "--config.stage=joint", preexec_fn=small_files,
+                 env_extra={"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")})
   ours = re.findall(r"mlfd_jax: [^\n]*", stderr)  # (a writer thread may not end its line)
   assert ours == [f"mlfd_jax: error: cannot write checkpoint step 2 to {workdir}/joint/joint "
                   f"(File too large); the steps saved before it are kept{TRACE}"]
