@@ -232,7 +232,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
     tmp_path):
   import re
   args = ["--config=configs/digits.py:tiny", "--config.stage=teachers",
-          "--config.teacher_train.steps=120", "--config.teacher_train.eval_every=40",
+          "--config.teacher_train.steps=60", "--config.teacher_train.eval_every=20",
           "--config.teacher_train.log_every=1", "--config.teacher_train.batch_size=16"]
   stopped, whole = tmp_path / "stopped", tmp_path / "whole"
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -249,21 +249,21 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM
-  m = re.fullmatch(r"mlfd_jax: stopped by SIGTERM at step (\d+)/120 of teacher/(digits_\w): its "
+  m = re.fullmatch(r"mlfd_jax: stopped by SIGTERM at step (\d+)/60 of teacher/(digits_\w): its "
                    r"state is saved; rerun the same command to continue\n", err)  # all of stderr
   assert m, err
   step, name = int(m.group(1)), m.group(2)
-  assert 0 < step < 120 and (stopped / "teachers" / name / str(step)).is_dir()
+  assert 0 < step < 60 and (stopped / "teachers" / name / str(step)).is_dir()
   assert "Traceback" not in err
   if name == "digits_a":  # nothing was finished, so nothing was recorded
     assert not (stopped / "results.json").exists()
 
   r = _cli(*args, f"--workdir={stopped}")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert f"resuming at step {step}/120" in r.stdout  # the log; stderr keeps warnings and errors
+  assert f"resuming at step {step}/60" in r.stdout  # the log; stderr keeps warnings and errors
   r = _cli(*args, f"--workdir={whole}")
   assert r.returncode == 0, r.stderr[-3000:]
-  a, b = _final_teacher_params(stopped, 120), _final_teacher_params(whole, 120)
+  a, b = _final_teacher_params(stopped, 60), _final_teacher_params(whole, 60)
   for n in a:
     assert all(np.array_equal(x, y) for x, y in zip(a[n], b[n])), n
 
