@@ -36,6 +36,13 @@ SLOW_FILES = ("test_resume.py", "test_multiprocess.py", "test_cli.py",
               "test_bucket_workdir.py", "test_bare_jax.py", "test_benchmarks.py", "test_mlfd.py")
 
 
+def pytest_configure(config):
+  # xdist reorders files by their number of tests, most first, unless told not to: that put the
+  # one-test slow files last (seen in a full run), undoing the order below.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(SLOW_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: files stay whole
