@@ -309,9 +309,6 @@ def parse_args(argv):
   bad = [s for s in stages if s not in STAGES]
   if bad:
     p.error(f"unknown stage {bad[0]!r}; valid: {', '.join(STAGES)}")
-  if args.precompute:
-    stages = [s for s in stages if s in ("joint", "student:mlfd", "student:kd", "teacher",
-                                         "eval")]
   if args.depthwise and not _has_depthwise(args.model):
     p.error(f"--depthwise is for ConvNeXt models, not {args.model}")
   if NUM_CLASSES % args.teachers:

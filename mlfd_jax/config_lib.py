@@ -49,9 +49,10 @@ def distill_block(*, method: str = "mlfd", levels: str = "all", w_kd: float = 0.
   with options of its own gets its sub-block (`amtml`, `feed`) filled from the defaults it
   declares (`Method.OPTIONS`, from its paper's code); `probe_steps`/`probe_examples` size the
   linear probes that give teachers of other datasets logits on the student's classes
-  (stages/probes.py). `precompute_targets` computes the joint teacher's outputs once on the
-  un-augmented training images instead of on every step's augmented view (the reference
-  code's trade-off; stages/precomputed.py).
+  (stages/probes.py). `precompute_targets` computes what the students learn from (the joint
+  teacher, the stage-1 teachers or an earlier generation) once on the un-augmented training
+  images instead of on every step's augmented view (the reference code's trade-off;
+  stages/precomputed.py).
   """
   from mlfd_jax.distill import METHODS  # local: configs import this module before jax work
 

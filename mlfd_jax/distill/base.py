@@ -99,11 +99,6 @@ def method_class(distill_cfg) -> type[Method]:
   return METHODS.get(distill_cfg.method)
 
 
-def joint_methods() -> list[str]:
-  """The methods that learn from the joint teacher (`Source.JOINT`)."""
-  return [n for n in METHODS.names() if METHODS.get(n).source is Source.JOINT]
-
-
 def method_config(distill_cfg) -> MethodConfig:
   """`config.distill` as the method it names reads it."""
   cls = method_class(distill_cfg)

@@ -1,6 +1,7 @@
-"""Frozen models' outputs on every training image, computed once: the joint teacher's targets
-for the students (`distill.precompute_targets`) and the teachers' fusion-level maps for the
-joint teacher (`joint.precompute_teachers`).
+"""Frozen models' outputs on every training image, computed once: what the students learn from
+(`distill.precompute_targets`: the joint teacher's targets, the stage-1 teachers' outputs, or an
+earlier generation's) and the teachers' fusion-level maps for the joint teacher
+(`joint.precompute_teachers`).
 
 The reference code's trade-off: the frozen part runs once over the un-augmented training images,
 and each step reads its outputs by example index instead of running it again on that step's

@@ -275,9 +275,12 @@ class Student:
 
 @dataclasses.dataclass
 class _Source:
-  teacher_out: Callable[[Any, dict], Any]
+  """What a student learns from: the method's `teacher` input, its level shapes, the frozen
+  variables it reads, and what it is (named in logs)."""
+  teacher_out: Callable[[Any, dict], Any]  # (frozen, batch) -> the method's `teacher`
   shapes: Any                    # the joint teacher's level shapes, or a list per teacher
   frozen: Callable[[], Any]
+  what: str
 
 
 def student_datasets(ctx: RunContext) -> list[str]:
@@ -311,29 +314,32 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
   target, heads = [(t, h) for t, h in joint_targets(ctx) if index in h][0]
   model, head = joint_model(ctx, heads), heads.index(index)
 
-  def outputs(variables, images):
-    jv = variables["joint"]
+  def out(frozen, batch):
+    jv = frozen["joint"]
     logits, feats, _ = model.apply(jv["params"], jv["model_state"],
-                                   {"teachers": variables["teachers"]}, images, train=False)
-    return logits[head], feats
+                                   {"teachers": frozen["teachers"]}, batch["image"], train=False)
+    return jax.lax.stop_gradient((logits[head], feats))
 
   def variables():
     return {"joint": ctx.frozen.restore(joint(ctx, target, heads)),
             "teachers": ctx.frozen.teachers()}
 
-  if not ctx.config.distill.precompute_targets:
-    return _Source(lambda frozen, batch: jax.lax.stop_gradient(outputs(frozen, batch["image"])),
-                   model.level_shapes, variables)
+  return _Source(out, model.level_shapes, variables, what="the joint teacher's targets")
+
+
+def _precomputed(ctx: RunContext, index: int, source: _Source) -> _Source:
+  """`source` with its outputs computed once on the un-augmented training images of dataset
+  `index` and read by example index (`distill.precompute_targets`; stages/precomputed.py)."""
+  name = ctx.names[index]
 
   def table():
-    name = ctx.names[index]
-    return {"targets": precomputed.table(outputs, variables(), ctx.dataset(name), ctx.mesh,
-                                         ctx.config.student_train,
-                                         what=f"the joint teacher's targets for {name}",
-                                         key="distill.precompute_targets")}
+    return {"targets": precomputed.table(
+        lambda variables, images: source.teacher_out(variables, {"image": images}),
+        source.frozen(), ctx.dataset(name), ctx.mesh, ctx.config.student_train,
+        what=f"{source.what} for {name}", key="distill.precompute_targets")}
 
   return _Source(lambda frozen, batch: precomputed.gather(frozen["targets"], batch["index"]),
-                 model.level_shapes, table)
+                 source.shapes, table, source.what)
 
 
 def _teachers_source(ctx: RunContext, index: int, method_cls) -> _Source:
@@ -356,10 +362,10 @@ def _teachers_source(ctx: RunContext, index: int, method_cls) -> _Source:
         [None] * len(models)
     return {"teachers": ctx.frozen.teachers(), "probes": probes}
 
-  return _Source(teachers_out(models), shapes, frozen)
+  return _Source(teachers_out(models), shapes, frozen, what="the teachers' outputs")
 
 
-def _previous_generation(ctx: RunContext, previous: ModelSpec) -> _Source:
+def _previous_generation(ctx: RunContext, previous: ModelSpec, generation: int) -> _Source:
   fn, size = previous.model.fn, ctx.dataset(previous.name).image_size
 
   def frozen():
@@ -367,7 +373,8 @@ def _previous_generation(ctx: RunContext, previous: ModelSpec) -> _Source:
     return {"teachers": [{"params": v["params"]["student"],
                           "model_state": v["model_state"]["student"]}], "probes": [None]}
 
-  return _Source(teachers_out([(fn, size)]), [modelfn.level_shapes(fn, size)], frozen)
+  return _Source(teachers_out([(fn, size)]), [modelfn.level_shapes(fn, size)], frozen,
+                 what=f"the generation-{generation - 1} student's outputs")
 
 
 def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
@@ -380,17 +387,14 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
   c, dc = ctx.config, ctx.config.distill
   method_cls, generations = distill_base.method_class(dc), distill.generations(dc)
   index, ds = ctx.names.index(name), ctx.dataset(name)
-  precompute = bool(dc.precompute_targets)
-  if precompute and method_cls.source is not distill.Source.JOINT:
-    raise ValueError(f"distill.precompute_targets precomputes the joint teacher's outputs, but "
-                     f"distill.method={dc.method!r} learns from the stage-1 teachers; use it "
-                     f"with {', '.join(distill_base.joint_methods())} or set it False")
   if generation > 0:
-    source = _previous_generation(ctx, student(ctx, name, generation - 1))
+    source = _previous_generation(ctx, student(ctx, name, generation - 1), generation)
   elif method_cls.source is distill.Source.JOINT:
     source = _joint_source(ctx, index)
   else:
     source = _teachers_source(ctx, index, method_cls)
+  if dc.precompute_targets:
+    source = _precomputed(ctx, index, source)
   block = student_config(ctx, name)
   fn = model_fn(ctx, block, ds, c.student_train)
   method = distill.build_method(
