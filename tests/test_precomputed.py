@@ -16,9 +16,9 @@ from mlfd_jax.stages import precomputed, specs, students
 from mlfd_jax.stages.context import RunContext
 
 
-def _student(config, precompute, method="mlfd"):
+def _student(config, precompute, method="mlfd", workdir=""):
   config.distill.method, config.distill.precompute_targets = method, precompute
-  ctx = RunContext(config, "")
+  ctx = RunContext(config, workdir)  # teacher-sourced methods save their probes there
   for i, spec in enumerate(specs.teachers(ctx)):
     ctx.frozen.put(spec, spec.init(jax.random.key(i)))
   joint = specs.joints(ctx)[0]
@@ -63,12 +63,14 @@ def test_table_rows_are_the_joint_teachers_outputs_on_each_image(digits_config):
 # amtml learns from the three stage-1 teachers' logits (through linear probes) and maps, feed_seq's
 # second generation from the first generation's student: every kind of source a student has.
 @pytest.mark.parametrize("method,generation", [("mlfd", 0), ("amtml", 0), ("feed_seq", 1)])
-def test_same_loss_as_live_targets_on_an_unaugmented_view(digits_config, method, generation):
+def test_same_loss_as_live_targets_on_an_unaugmented_view(digits_config, method, generation,
+                                                         tmp_path):
   if method == "feed_seq":
     digits_config.distill.feed.generations = 2
   losses = {}
   for precompute in (False, True):
-    ctx, _ = _student(digits_config, precompute=precompute, method=method)
+    ctx, _ = _student(digits_config, precompute=precompute, method=method,
+                      workdir=str(tmp_path))
     if generation:
       first = specs.student(ctx, "digits_a", generation - 1)
       ctx.frozen.put(first, first.init(jax.random.key(11)))
