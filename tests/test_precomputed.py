@@ -60,6 +60,21 @@ def test_table_rows_are_the_joint_teachers_outputs_on_each_image(digits_config):
     np.testing.assert_allclose(got_feats[level], want_feats[level], rtol=1e-4, atol=1e-5)
 
 
+# The table keeps only what the method's loss reads: avg_kd each teacher's logits (through the
+# probes, on digits_a's 4 classes), feed each teacher's last map, kd the joint teacher's logits.
+@pytest.mark.parametrize("method,kept", [("avg_kd", [(True, [])] * 3),
+                                         ("feed", [(False, ["stage4"])] * 3),
+                                         ("kd", [(True, [])])])
+def test_table_holds_only_what_the_method_reads(digits_config, method, kept, tmp_path):
+  ctx, spec = _student(digits_config, precompute=True, method=method, workdir=str(tmp_path))
+  rows = spec.frozen()["targets"]
+  pairs = rows if isinstance(rows, list) else [rows]
+  assert [(logits is not None, sorted(feats)) for logits, feats in pairs] == kept
+  n = ctx.dataset("digits_a").num_examples("train")
+  assert all(x.shape[0] == n for x in jax.tree.leaves(rows))
+  assert all(logits.shape == (n, 4) for logits, _ in pairs if logits is not None)
+
+
 # amtml learns from the three stage-1 teachers' logits (through linear probes) and maps, feed_seq's
 # second generation from the first generation's student: every kind of source a student has.
 @pytest.mark.parametrize("method,generation", [("mlfd", 0), ("amtml", 0), ("feed_seq", 1)])

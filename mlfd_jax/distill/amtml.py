@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS, Method, Source
+from mlfd_jax.distill.base import METHODS, Method, Reads, Source
 from mlfd_jax.distill.teachers import check_levels, last_map, to_grid
 from mlfd_jax.functional import linear_apply, linear_init
 
@@ -68,6 +68,10 @@ class AMTML(Method):
     self.width = student_shapes[self.last][-1]
     self.hint_levels = check_levels(opts["hint_levels"], student_shapes, teacher_shapes,
                                     "distill.amtml.hint_levels")
+
+  def reads(self):
+    rkd = ("pooled",) if self.w_rkd_dist or self.w_rkd_angle else ()
+    return Reads(logits=True, levels=(*self.hint_levels, *rkd))
 
   def init(self, key):
     k_theta, k_w, k_hint = jax.random.split(key, 3)

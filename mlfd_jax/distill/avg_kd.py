@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS, Method, Source
+from mlfd_jax.distill.base import METHODS, Method, Reads, Source
 
 
 @METHODS.register("avg_kd")
@@ -26,6 +26,9 @@ class AvgKD(Method):
                      total_steps=total_steps)
     self.w_kd, self.w_ce = cfg.w_kd, cfg.w_ce
     self.temperature, self.label_smoothing = cfg.temperature, cfg.label_smoothing
+
+  def reads(self):
+    return Reads(logits=True, levels=())
 
   def init(self, key):
     del key

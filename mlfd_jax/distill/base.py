@@ -14,9 +14,11 @@ A subclass of `Method` declares, as class attributes:
                        defaults (the only place they are written; `config_lib.distill_block`
                        builds the config's block from them)
 
-and implements `init(key)` (method params, {} if none) and
+and implements `init(key)` (method params, {} if none),
 `loss(params, student=(logits, feats), teacher=..., labels=..., step=...)` -> (scalar, terms),
-with every term, per level, returned for logging. `gate_updates(updates, step)` may zero the
+with every term, per level, returned for logging, and `reads()`: what the loss reads of each
+(logits, feats) it is given, so that a precomputed table (`distill.precompute_targets`) keeps
+only that. `gate_updates(updates, step)` may zero the
 optimizer's updates of params a schedule freezes (default: none); `generations(options)` is how
 many students are trained one after another, each learning from the previous (default 1).
 
@@ -44,6 +46,18 @@ class Source(enum.Enum):
   """What a method's students learn from."""
   JOINT = "joint"
   TEACHERS = "teachers"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reads:
+  """What a loss reads of a teacher's (logits, feats): the logits or not, and which feature
+  levels (a level a teacher does not emit is skipped)."""
+  logits: bool
+  levels: tuple[str, ...]
+
+  def select(self, pair):
+    logits, feats = pair
+    return (logits if self.logits else None, {l: feats[l] for l in self.levels if l in feats})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +102,18 @@ class Method(abc.ABC):
   def loss(self, params, *, student, teacher, labels, step=None
            ) -> tuple[jax.Array, dict[str, Any]]:
     ...
+
+  @abc.abstractmethod
+  def reads(self) -> Reads:
+    ...
+
+  def teacher_subset(self, teacher):
+    """The method's `teacher` input cut to what `reads()` names: one (logits, feats) for
+    `Source.JOINT`, a list of them for `Source.TEACHERS`."""
+    reads = self.reads()
+    if self.source is Source.JOINT:
+      return reads.select(teacher)
+    return [reads.select(pair) for pair in teacher]
 
   def gate_updates(self, updates, step):
     del step

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS, Method, Source
+from mlfd_jax.distill.base import METHODS, Method, Reads, Source
 from mlfd_jax.distill.teachers import last_map, to_grid
 
 
@@ -69,6 +69,9 @@ class FEED(Method):
     self.cin = student_shapes[self.level][-1]
     self.teacher_levels = [last_map(t) for t in teacher_shapes]
     self.couts = [t[l][-1] for t, l in zip(teacher_shapes, self.teacher_levels)]
+
+  def reads(self):
+    return Reads(logits=False, levels=tuple(dict.fromkeys(self.teacher_levels)))
 
   def init(self, key):
     out = []

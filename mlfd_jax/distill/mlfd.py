@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 
 from mlfd_jax.distill import losses
-from mlfd_jax.distill.base import METHODS, Method, Source
+from mlfd_jax.distill.base import METHODS, Method, Reads, Source
 from mlfd_jax.functional import linear_apply, linear_init, resize_map
 
 
@@ -62,6 +62,9 @@ class MLFD(Method):
     """The levels this method distils: `distill.levels` (subclasses fix their own)."""
     del teacher_shapes
     return levels
+
+  def reads(self):
+    return Reads(logits=True, levels=self.levels)
 
   def init(self, key):
     keys = jax.random.split(key, max(len(self.adapted), 1))

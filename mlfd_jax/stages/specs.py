@@ -327,14 +327,17 @@ def _joint_source(ctx: RunContext, index: int) -> _Source:
   return _Source(out, model.level_shapes, variables, what="the joint teacher's targets")
 
 
-def _precomputed(ctx: RunContext, index: int, source: _Source) -> _Source:
+def _precomputed(ctx: RunContext, index: int, source: _Source, method: distill.Method
+                 ) -> _Source:
   """`source` with its outputs computed once on the un-augmented training images of dataset
-  `index` and read by example index (`distill.precompute_targets`; stages/precomputed.py)."""
+  `index` and read by example index (`distill.precompute_targets`; stages/precomputed.py).
+  The table holds only what `method` reads (e.g. avg_kd: the teachers' logits, no maps)."""
   name = ctx.names[index]
 
   def table():
     return {"targets": precomputed.table(
-        lambda variables, images: source.teacher_out(variables, {"image": images}),
+        lambda variables, images: method.teacher_subset(
+            source.teacher_out(variables, {"image": images})),
         source.frozen(), ctx.dataset(name), ctx.mesh, ctx.config.student_train,
         what=f"{source.what} for {name}", key="distill.precompute_targets")}
 
@@ -393,13 +396,13 @@ def student(ctx: RunContext, name: str, generation: int = 0) -> ModelSpec:
     source = _joint_source(ctx, index)
   else:
     source = _teachers_source(ctx, index, method_cls)
-  if dc.precompute_targets:
-    source = _precomputed(ctx, index, source)
   block = student_config(ctx, name)
   fn = model_fn(ctx, block, ds, c.student_train)
   method = distill.build_method(
       dc, student_shapes=modelfn.level_shapes(fn, ds.image_size), teacher_shapes=source.shapes,
       total_steps=train.num_steps(c.student_train, ds.num_examples("train")))
+  if dc.precompute_targets:
+    source = _precomputed(ctx, index, source, method)
 
   def init(key):
     k1, k2 = jax.random.split(key)
