@@ -18,9 +18,9 @@ and implements `init(key)` (method params, {} if none),
 `loss(params, student=(logits, feats), teacher=..., labels=..., step=...)` -> (scalar, terms),
 with every term, per level, returned for logging, and `reads()`: what the loss reads of each
 (logits, feats) it is given, so that a precomputed table (`distill.precompute_targets`) keeps
-only that. `gate_updates(updates, step)` may zero the
-optimizer's updates of params a schedule freezes (default: none); `generations(options)` is how
-many students are trained one after another, each learning from the previous (default 1).
+only that. `gate_updates(updates, step)` may zero the optimizer's updates of params a schedule
+freezes (default: none); `generations(options)` is how many students are trained one after
+another, each learning from the previous (default 1).
 
 A run of a method is named by `distill.name` (default: the method): students of different runs
 share one workdir's teachers and joint teacher, each in its own directory and results key.
