@@ -11,6 +11,7 @@ shardings), so a checkpoint written on 8 devices restores on 1 and vice versa.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -19,10 +20,14 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+# orbax 0.11-0.12 export no name for the store its default jax.Array handler is built with.
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from mlfd_jax import fileio
 
 VAL_METRIC = "val_top1"
+# Replica-parallel writing for arrays of at least this many bytes a replica, single-replica below.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
 class CheckpointWriteError(OSError):
@@ -39,10 +44,26 @@ def _write_failure(e: Exception) -> str:
   return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
+@functools.cache
+def _register_array_handler() -> None:
+  """Writes a replicated array from one replica unless each replica's share is >= 1 MiB.
+
+  Off GPU, orbax splits every replicated array's write across its replicas, one eager slice per
+  device; for a model's small arrays (biases, norms, small kernels) the slicing costs far more than
+  the parallel write saves (a ~70-array tiny model over 8 devices: 1.0 s a save, 0.4 s with this).
+  Large arrays keep the parallel write. Otherwise orbax's default handler, with its metadata store.
+  """
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(
+          array_metadata_store=array_metadata_store.Store(),
+          min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+
+
 class Checkpoints:
   """A thin wrapper over `ocp.CheckpointManager` with the project's policies."""
 
   def __init__(self, directory: str, *, keep: int = 2, read_only: bool = False):
+    _register_array_handler()
     self.directory = fileio.resolve(directory)
     policies = ocp.checkpoint_managers
     if read_only:
