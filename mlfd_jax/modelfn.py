@@ -7,6 +7,7 @@ orbax calls and let frozen teachers be ordinary jit inputs under `stop_gradient`
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -36,6 +37,9 @@ class ModelFn:
     self._make = make
     abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     self.graphdef, self._params_t, self._state_t = nnx.split(abstract, nnx.Param, ...)
+    # What `init` returns, as shapes and dtypes (`jax.ShapeDtypeStruct` leaves).
+    self.abstract_variables = {"params": nnx.to_pure_dict(self._params_t),
+                               "model_state": nnx.to_pure_dict(self._state_t)}
     self.level_names = tuple(getattr(abstract, "level_names", ()))
     self.shapes_by_size: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}  # level_shapes
 
@@ -67,16 +71,32 @@ def from_config(model_cfg, *, num_classes: int, image_size: int, dtype=jnp.float
                                            rngs=rngs, dtype=dtype, **cfg))
 
 
+_INIT_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def init_shapes(init: Callable[[jax.Array], Any]) -> Any:
+  """Shapes and dtypes of `init(key)`'s variables, traced once per init function.
+
+  A run asks for them several times per model (the trainer's state layout, the restore targets
+  of its evaluation and of every later stage that freezes it), and tracing a model's
+  constructor costs about as much as tracing its forward pass. Weakly keyed: an entry lives as
+  long as the function (a spec's `init`) does.
+  """
+  if init not in _INIT_SHAPES:
+    _INIT_SHAPES[init] = jax.eval_shape(init, jax.random.key(0))
+  return _INIT_SHAPES[init]
+
+
 def level_shapes(model: ModelFn, image_size: int, *, channels: int = 3
                  ) -> dict[str, tuple[int, ...]]:
   """`{level: per-example shape}` of a model's features at `image_size`, without computing;
   traced once per model and size (building a run's specs asks for the same shapes often)."""
   if (image_size, channels) not in model.shapes_by_size:
-    def forward(key):
+    def forward(variables):
       x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
-      return model.apply(model.init(key), x, train=False)[1]
+      return model.apply(variables, x, train=False)[1]
 
-    feats = jax.eval_shape(forward, jax.random.key(0))
+    feats = jax.eval_shape(forward, model.abstract_variables)
     model.shapes_by_size[image_size, channels] = {k: tuple(v.shape[1:])
                                                   for k, v in feats.items()}
   return dict(model.shapes_by_size[image_size, channels])

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mlfd_jax import checkpoint, optim, parallel
+from mlfd_jax import checkpoint, modelfn, optim, parallel
 from mlfd_jax.data import augment
 from mlfd_jax.evaluation import EvalSet, Evaluator, FrozenInputs, eval_batch_size
 
@@ -82,8 +82,7 @@ def num_steps(train_cfg, num_train_examples: int, key: str = "train config") -> 
 
 def abstract_variables(init: Callable[[jax.Array], Any], mesh) -> Any:
   """Shapes and dtypes of `init(key)`'s variables, replicated on `mesh`: a restore target."""
-  return checkpoint.abstract_like(jax.eval_shape(init, jax.random.key(0)),
-                                  parallel.replicated(mesh))
+  return checkpoint.abstract_like(modelfn.init_shapes(init), parallel.replicated(mesh))
 
 
 def restore_model(ckpts: checkpoint.Checkpoints, task: Task, mesh, step: int):
@@ -223,15 +222,19 @@ class Trainer:
                                frozen_inputs=task.frozen_inputs)
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
     # Replicated, or split over the mesh's fsdp axis (parallel.py), leaf by leaf.
-    self._shapes = jax.eval_shape(self._make, jax.random.key(0))
+    model_shapes = modelfn.init_shapes(task.init)
+    self._shapes = (model_shapes, jax.eval_shape(self._train_state, model_shapes["params"]))
     self.shardings = parallel.state_shardings(self._shapes, mesh)
     self._step = jax.jit(self._train_step, in_shardings=(*self.shardings, repl, data, repl),
                          out_shardings=(*self.shardings, repl), donate_argnums=(0, 1))
 
   # State ----------------------------------------------------------------------------------
+  def _train_state(self, params) -> dict:
+    return {"step": jnp.zeros((), jnp.int32), "opt_state": self.tx.init(params)}
+
   def _make(self, key) -> tuple[dict, dict]:
     model = self.task.init(key)
-    return model, {"step": jnp.zeros((), jnp.int32), "opt_state": self.tx.init(model["params"])}
+    return model, self._train_state(model["params"])
 
   def init(self, key) -> tuple[dict, dict]:
     """Fresh (model, train state) variables, laid out on the mesh as `self.shardings`."""
