@@ -20,10 +20,15 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
-# orbax 0.11-0.12 export no name for the store its default jax.Array handler is built with.
-from orbax.checkpoint._src.metadata import array_metadata_store
 
 from mlfd_jax import fileio
+
+try:  # orbax >= 0.12 exports neither: the store its default jax.Array handler is built with, and
+  # the registry's `add` that can replace a handler without a warning on stderr
+  from orbax.checkpoint._src.metadata import array_metadata_store
+  from orbax.checkpoint._src.serialization import type_handler_registry
+except ImportError:  # an older orbax keeps its own handler (see _register_array_handler)
+  array_metadata_store = type_handler_registry = None
 
 VAL_METRIC = "val_top1"
 # Replica-parallel writing for arrays of at least this many bytes a replica, single-replica below.
@@ -52,11 +57,17 @@ def _register_array_handler() -> None:
   device; for a model's small arrays (biases, norms, small kernels) the slicing costs far more than
   the parallel write saves (a ~70-array tiny model over 8 devices: 1.0 s a save, 0.4 s with this).
   Large arrays keep the parallel write. Otherwise orbax's default handler, with its metadata store.
+  On an orbax older than 0.12 nothing changes.
   """
-  ocp.type_handlers.register_type_handler(
+  if type_handler_registry is None:
+    logging.info("orbax %s: replicated arrays are written across replicas whatever their size",
+                 ocp.__version__)
+    return
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
       jax.Array, ocp.type_handlers.ArrayHandler(
           array_metadata_store=array_metadata_store.Store(),
-          min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+          min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
+      override=True, ignore_warnings=True)
 
 
 class Checkpoints:

@@ -36,3 +36,11 @@ def test_small_replicated_arrays_are_written_from_one_replica(tmp_path, monkeypa
   np.testing.assert_array_equal(restored["small"], small)
   np.testing.assert_array_equal(restored["large"], large)
   ckpt.close()
+
+
+def test_replacing_orbax_array_handler_logs_nothing(caplog):
+  """The CLI's stderr holds warnings and its one-line errors only: orbax's "overriding" warning
+  must not be among them."""
+  with caplog.at_level("INFO"):
+    checkpoint._register_array_handler.__wrapped__()
+  assert not caplog.records, [r.getMessage() for r in caplog.records]
