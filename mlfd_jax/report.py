@@ -9,6 +9,11 @@ An argument `GROUP=PATH` prefixes that run's columns with `GROUP:` so that ablat
 (launch/ablations.sh) sit beside the runs they vary. Two tables are written: the
 best-by-validation checkpoints and the last checkpoints. A method
 that a dataset has no run of shows as `—`, never as zero.
+
+The paired summary pools every (dataset, run) pair of a comparison (`mlfd` − `individual` by
+default for every method; `--pair A B` adds A − B): how many pairs are above zero, their mean
+and spread, and a t statistic that treats each run's mean as one independent unit (the datasets
+of one run share its seed and teachers, so they are not independent of each other).
 """
 
 from __future__ import annotations
@@ -88,17 +93,21 @@ def run_label(run: dict, index: int) -> str:
   return f"seed{seed}" if seed is not None else f"run{index}"
 
 
-def per_run(runs: list[dict], metric: str = "test_top1"
+def per_run(runs: list[dict], metric: str = "test_top1", which: str = "best"
             ) -> dict[str, dict[str, dict[str, float]]]:
-  """{dataset: {method: {run label: value}}} of the best-by-validation checkpoints."""
+  """{dataset: {method: {run label: value}}} of the best-by-validation (`best`) or `last`
+  checkpoints."""
   table: dict[str, dict[str, dict[str, float]]] = {}
   for i, run in enumerate(runs):
     label = run_label(run, i)
     for dataset, models in run.get("datasets", {}).items():
       row = table.setdefault(dataset, {})
       for model, entry in models.items():
-        if isinstance(entry, dict) and metric in entry:
-          row.setdefault(column(run, model, entry), {})[label] = float(entry[metric])
+        if not isinstance(entry, dict):
+          continue
+        source = entry if which == "best" else entry.get("last", {})
+        if metric in source:
+          row.setdefault(column(run, model, entry), {})[label] = float(source[metric])
   return table
 
 
@@ -115,6 +124,54 @@ def paired_differences(values: dict[str, dict[str, dict[str, float]]], base: str
       if method != base and common:
         out.setdefault(dataset, {})[method] = {r: by_run[r] - row[base][r] for r in common}
   return out
+
+
+def pair_summary(values: dict[str, dict[str, dict[str, float]]], a: str, b: str
+                 ) -> dict | None:
+  """a − b over every (dataset, run) pair that holds both: the pairs' count, signs, mean and
+  std, each run's mean, and t = (mean of the run means) / (their standard error), with
+  runs − 1 degrees of freedom; None when no pair holds both."""
+  by_run: dict[str, list[float]] = {}
+  for row in values.values():
+    if a in row and b in row:
+      for r, v in row[a].items():
+        if r in row[b]:
+          by_run.setdefault(r, []).append(v - row[b][r])
+  pairs = np.asarray([d for ds in by_run.values() for d in ds], np.float64)
+  if not pairs.size:
+    return None
+  tol = 1e-9  # accuracies are multiples of 1/N: a level pair is an exact tie up to rounding
+  run_means = {r: float(np.mean(ds)) for r, ds in sorted(by_run.items())}
+  means = np.asarray(list(run_means.values()))
+  se = float(means.std(ddof=1) / np.sqrt(means.size)) if means.size > 1 else 0.0
+  return {"pairs": int(pairs.size), "above": int((pairs > tol).sum()),
+          "level": int((np.abs(pairs) <= tol).sum()), "below": int((pairs < -tol).sum()),
+          "mean": float(pairs.mean()), "std": float(pairs.std(ddof=1)) if pairs.size > 1 else 0.0,
+          "run_means": run_means, "t": float(means.mean() / se) if se > 0 else None,
+          "df": means.size - 1}
+
+
+def format_pair_summary(values: dict, pairs: list[tuple[str, str]], title: str) -> str:
+  """One row per comparison with at least one pair (format of `pair_summary`), in points."""
+  lines = [f"### {title}", "",
+           "| comparison | pairs | > 0 / level / < 0 | mean ± std over pairs | "
+           "mean per run | t over run means (df) |", "|---|---|---|---|---|---|"]
+  for a, b in pairs:
+    s = pair_summary(values, a, b)
+    if s is None:
+      continue
+    spread = f" ± {100 * s['std']:.2f}" if s["pairs"] > 1 else ""
+    runs = ", ".join(f"{r} {100 * m:+.2f}" for r, m in s["run_means"].items())
+    t = f"{s['t']:.1f} ({s['df']})" if s["t"] is not None else "—"
+    lines.append(f"| {a} − {b} | {s['pairs']} | {s['above']} / {s['level']} / {s['below']} | "
+                 f"{100 * s['mean']:+.2f}{spread} | {runs} | {t} |")
+  return "\n".join(lines) + "\n"
+
+
+def default_pairs(values: dict, extra: Iterable[tuple[str, str]] = (),
+                  base: str = "individual") -> list[tuple[str, str]]:
+  """Every method against `base`, then the `extra` comparisons in the order given."""
+  return [(m, base) for m in methods_of(values) if m != base] + list(extra)
 
 
 def format_per_run(values: dict, title: str, *, signed: bool = False) -> str:
@@ -219,7 +276,8 @@ def format_commands(runs: list[dict]) -> str:
   return "\n".join(rows) + "\n"
 
 
-def write_report(paths: list[str], out: str) -> dict[str, str]:
+def write_report(paths: list[str], out: str,
+                 pairs: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
   runs = load_runs(paths)
   fileio.makedirs(out)
   best, last = collect(runs, "best"), collect(runs, "last")
@@ -232,8 +290,12 @@ def write_report(paths: list[str], out: str) -> dict[str, str]:
   md += [format_per_run(values, "Per run (best checkpoint by validation)"),
          format_per_run(paired_differences(values),
                         "Paired difference to `individual` (same run, so same seed), points",
-                        signed=True),
-         format_commands(runs)]
+                        signed=True)]
+  comparisons = default_pairs(values, pairs)
+  for which, label in (("best", "best checkpoint by validation"), ("last", "last checkpoint")):
+    md.append(format_pair_summary(per_run(runs, which=which), comparisons,
+                                  f"Paired summary over (dataset, run) pairs, {label}, points"))
+  md.append(format_commands(runs))
   files = {"md": fileio.join(out, "results.md"), "png": fileio.join(out, "results.png")}
   fileio.write_atomic(files["md"], "\n".join(md))
   plot(best, files["png"], "test top-1, best-by-validation checkpoint (mean ± std)")
@@ -246,9 +308,12 @@ def main(argv=None) -> int:
                       help="workdirs or results.json files; GROUP=PATH labels a run's methods "
                            "GROUP:method (ablations beside a baseline run)")
   parser.add_argument("--out", required=True, help="directory for results.md and results.png")
+  parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                      help="also summarise the paired difference A − B of two columns "
+                           "(repeatable), e.g. --pair mlfd kd")
   args = parser.parse_args(argv)
   try:
-    files = write_report(args.workdirs, args.out)
+    files = write_report(args.workdirs, args.out, [tuple(p) for p in args.pair])
   except (FileNotFoundError, ValueError) as e:
     print(f"mlfd_jax.report: error: {e}", file=sys.stderr)
     return 2

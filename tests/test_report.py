@@ -124,3 +124,28 @@ def test_each_column_names_the_command_that_made_it(tmp_path):
       "| seed1 | abl:kd | `--config=c.py --config.seed=1 --config.joint.fusion_level=stage4 "
       "--config.distill.method=kd` |",
       "| seed1 | abl:joint_teacher | (not recorded) |"]
+
+
+def test_paired_summary_pools_pairs_and_treats_each_run_as_one_unit(tmp_path):
+  def run(seed, a_teacher, a_student, b_teacher, b_student):
+    return _write(tmp_path / f"s{seed}", seed, {
+        "a": {"num_classes": 2, "teacher": _entry(a_teacher),
+              "student": {**_entry(a_student), "method": "mlfd", "levels": "all"}},
+        "b": {"num_classes": 2, "teacher": _entry(b_teacher),
+              "student": {**_entry(b_student), "method": "mlfd", "levels": "all"}}})
+  # mlfd - individual per pair: seed0 +4, +2 (mean +3); seed1 +0 (a tie), +2 (mean +1);
+  # seed2 -2, +6 (mean +2). Run means 3, 1, 2: mean 2, se 1/sqrt(3), t = 2*sqrt(3) = 3.46.
+  runs = [run(0, .50, .54, .60, .62), run(1, .50, .50, .60, .62), run(2, .50, .48, .60, .66)]
+  md = open(report.write_report(runs, str(tmp_path / "out"))["md"]).read()
+  best = md.split("### Paired summary over (dataset, run) pairs, best")[1].split("###")[0]
+  # pairs: +4 +2 +0 +2 -2 +6, mean 2, sample std sqrt(40/5) = 2.83
+  assert ("| mlfd − individual | 6 | 4 / 1 / 1 | +2.00 ± 2.83 | seed0 +3.00, seed1 +1.00, "
+          "seed2 +2.00 | 3.5 (2) |") in best
+  # an extra comparison given on the command line; a column no run holds gives no row
+  out = tmp_path / "cli"
+  assert report.main([*runs, "--out", str(out), "--pair", "individual", "mlfd",
+                      "--pair", "kd", "mlfd"]) == 0
+  best = open(out / "results.md").read().split(
+      "### Paired summary over (dataset, run) pairs, best")[1].split("###")[0]
+  assert "| individual − mlfd | 6 | 1 / 1 / 4 | -2.00 ± 2.83 |" in best
+  assert "kd − mlfd" not in best
