@@ -1,6 +1,9 @@
 """mlfd_jax.data: splits, subsets, determinism, padding, errors, mixes, augment, tf.data."""
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -9,6 +12,8 @@ import pytest
 from mlfd_jax import data
 from mlfd_jax.data import augment
 from mlfd_jax.data import preprocess
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SHARED_DIGITS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                              "sklearn_digits_8.npz")
@@ -68,6 +73,16 @@ def test_sklearn_digits_matches_shared_npz():
   ref = np.load(SHARED_DIGITS)
   assert np.array_equal(native.arrays("test")["image"][..., 0], ref["x_test"][..., 0])
   assert np.array_equal(native.arrays("test")["label"], ref["y_test"])
+
+
+def test_sklearn_digits_read_without_importing_sklearn_equal_load_digits():
+  code = ("import sys; from mlfd_jax.data import arrays; x, y = arrays.sklearn_digits_arrays(); "
+          "assert 'sklearn' not in sys.modules; import numpy as np; "
+          "from sklearn import datasets; d = datasets.load_digits(); "
+          "assert np.array_equal(x, d.images) and np.array_equal(y, d.target), 'differ'")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_val_carve_disjoint_and_fixed_by_split_seed(npz_path):

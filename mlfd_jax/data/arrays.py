@@ -8,6 +8,8 @@ single-process batch.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import zipfile
 from typing import Any, Iterator, Sequence
 
@@ -183,6 +185,25 @@ def npz_source(cfg) -> ArrayDataset:
                      ys[1].astype(np.int32), int(num_classes))
 
 
+def sklearn_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 8x8 digits: images (1797, 8, 8) with values 0..16, and labels.
+
+  Read from the CSV that scikit-learn ships (`sklearn/datasets/data/digits.csv.gz`, what
+  `load_digits` reads) without importing scikit-learn: that import is about 2 s, most of a tiny
+  run's start-up. Falls back to `load_digits` where the file is not there.
+  """
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None or not spec.submodule_search_locations:
+    raise ValueError("data source 'sklearn_digits' needs scikit-learn (pip install scikit-learn)")
+  path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+  if os.path.exists(path):
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int32)
+  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
+  digits = sk_datasets.load_digits()
+  return digits.images, digits.target.astype(np.int32)
+
+
 @base.DATASETS.register("sklearn_digits")
 def sklearn_digits_source(cfg) -> ArrayDataset:
   """scikit-learn's bundled 8x8 digits: offline, tiny, real.
@@ -190,12 +211,9 @@ def sklearn_digits_source(cfg) -> ArrayDataset:
   Same pixels and split as ../shared/data/sklearn_digits_8.npz: values round(v * 255 / 16), test =
   the first 360 of `default_rng(0).permutation(1797)`, train = the rest in that order.
   """
-  from sklearn import datasets as sk_datasets  # pylint: disable=g-import-not-at-top
-
   cfg = base.parse_config(cfg, {})
-  digits = sk_datasets.load_digits()
-  x = np.round(digits.images * 255.0 / 16.0).astype(np.uint8)[..., None]
-  y = digits.target.astype(np.int32)
+  images, y = sklearn_digits_arrays()
+  x = np.round(images * 255.0 / 16.0).astype(np.uint8)[..., None]
   perm = np.random.default_rng(0).permutation(len(y))
   n_test = int(np.ceil(0.2 * len(y)))
   test, train = perm[:n_test], perm[n_test:]
