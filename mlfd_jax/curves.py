@@ -32,7 +32,7 @@ def label_of(stage_dir: str) -> str:
 
 
 def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value)]} of the scalars (clu writes them as tensors) in one event directory."""
+  """{tag: [(step, value)]} of the scalars (logs.py writes them as tensors) in one event directory."""
   from tensorboard.backend.event_processing import event_accumulator as ea
   from tensorboard.util import tensor_util
 

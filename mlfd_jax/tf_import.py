@@ -1,4 +1,4 @@
-"""The one place TensorFlow is first imported (tf.data sources, clu's TensorBoard writer).
+"""The one place TensorFlow is first imported (tf.data sources).
 
 Two things must happen at that import and nowhere else: TensorFlow must not take the GPUs or TPUs
 JAX trains on, and its C++ log lines must not reach stderr, which a run keeps for warnings and

