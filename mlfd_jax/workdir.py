@@ -51,9 +51,16 @@ def check_writable(workdir: str) -> str:
 
 def use_compilation_cache(workdir: str) -> None:
   """Caches XLA compilations on disk: identical programs (two teachers of one architecture,
-  a rerun, a resume) compile once. `JAX_COMPILATION_CACHE_DIR` overrides the location."""
+  a rerun, a resume) compile once. `JAX_COMPILATION_CACHE_DIR` overrides the location.
+
+  Every program is cached, not only those over jax's default of 1 s of compiling: a resumed
+  run then compiles nothing again (loading beat compiling even for the small programs of
+  `configs/digits.py:tiny`: 29 against 37 s of CPU for a rerun, benchmarks/RESULTS.md).
+  `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` overrides that threshold."""
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", fileio.join(workdir, "jax_cache"))
+  if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 _HELD: set[str] = set()  # lock files this process holds (taking one again is a no-op)
