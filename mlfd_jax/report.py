@@ -129,8 +129,8 @@ def paired_differences(values: dict[str, dict[str, dict[str, float]]], base: str
 def pair_summary(values: dict[str, dict[str, dict[str, float]]], a: str, b: str
                  ) -> dict | None:
   """a − b over every (dataset, run) pair that holds both: the pairs' count, signs, mean and
-  std, each run's mean, and t = (mean of the run means) / (their standard error), with
-  runs − 1 degrees of freedom; None when no pair holds both."""
+  std, each run's mean, the mean of those and its standard error, and t = that mean / its
+  standard error, with runs − 1 degrees of freedom; None when no pair holds both."""
   by_run: dict[str, list[float]] = {}
   for row in values.values():
     if a in row and b in row:
@@ -147,22 +147,23 @@ def pair_summary(values: dict[str, dict[str, dict[str, float]]], a: str, b: str
   return {"pairs": int(pairs.size), "above": int((pairs > tol).sum()),
           "level": int((np.abs(pairs) <= tol).sum()), "below": int((pairs < -tol).sum()),
           "mean": float(pairs.mean()), "std": float(pairs.std(ddof=1)) if pairs.size > 1 else 0.0,
-          "run_means": run_means, "t": float(means.mean() / se) if se > 0 else None,
-          "df": means.size - 1}
+          "run_means": run_means, "mean_of_runs": float(means.mean()), "se": se,
+          "t": float(means.mean() / se) if se > 0 else None, "df": means.size - 1}
 
 
 def format_pair_summary(values: dict, pairs: list[tuple[str, str]], title: str) -> str:
   """One row per comparison with at least one pair (format of `pair_summary`), in points."""
   lines = [f"### {title}", "",
            "| comparison | pairs | > 0 / level / < 0 | mean ± std over pairs | "
-           "mean per run | t over run means (df) |", "|---|---|---|---|---|---|"]
+           "mean per run | mean of the runs ± se, t (df) |", "|---|---|---|---|---|---|"]
   for a, b in pairs:
     s = pair_summary(values, a, b)
     if s is None:
       continue
     spread = f" ± {100 * s['std']:.2f}" if s["pairs"] > 1 else ""
     runs = ", ".join(f"{r} {100 * m:+.2f}" for r, m in s["run_means"].items())
-    t = f"{s['t']:.1f} ({s['df']})" if s["t"] is not None else "—"
+    t = (f"{100 * s['mean_of_runs']:+.2f} ± {100 * s['se']:.2f}, t = {s['t']:.1f} ({s['df']})"
+         if s["t"] is not None else "—")
     lines.append(f"| {a} − {b} | {s['pairs']} | {s['above']} / {s['level']} / {s['below']} | "
                  f"{100 * s['mean']:+.2f}{spread} | {runs} | {t} |")
   return "\n".join(lines) + "\n"

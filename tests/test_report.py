@@ -140,7 +140,7 @@ def test_paired_summary_pools_pairs_and_treats_each_run_as_one_unit(tmp_path):
   best = md.split("### Paired summary over (dataset, run) pairs, best")[1].split("###")[0]
   # pairs: +4 +2 +0 +2 -2 +6, mean 2, sample std sqrt(40/5) = 2.83
   assert ("| mlfd − individual | 6 | 4 / 1 / 1 | +2.00 ± 2.83 | seed0 +3.00, seed1 +1.00, "
-          "seed2 +2.00 | 3.5 (2) |") in best
+          "seed2 +2.00 | +2.00 ± 0.58, t = 3.5 (2) |") in best
   # an extra comparison given on the command line; a column no run holds gives no row
   out = tmp_path / "cli"
   assert report.main([*runs, "--out", str(out), "--pair", "individual", "mlfd",
