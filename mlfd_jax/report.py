@@ -69,6 +69,11 @@ def load_runs(paths: Iterable[str]) -> list[dict]:
   return runs
 
 
+def checkpoint(entry: dict, which: str) -> dict:
+  """The metrics of a results.json entry's best-by-validation (`best`) or `last` checkpoint."""
+  return entry if which == "best" else entry.get("last", {})
+
+
 def collect(runs: list[dict], which: str = "best", metric: str = "test_top1"
             ) -> dict[str, dict[str, list[float]]]:
   """{dataset: {method: [value per run]}} for the best-by-val (`best`) or `last` checkpoints."""
@@ -79,7 +84,7 @@ def collect(runs: list[dict], which: str = "best", metric: str = "test_top1"
       for model, entry in models.items():
         if not isinstance(entry, dict):
           continue  # num_classes
-        source = entry if which == "best" else entry.get("last", {})
+        source = checkpoint(entry, which)
         if metric in source:
           row.setdefault(column(run, model, entry), []).append(float(source[metric]))
   return table
@@ -105,7 +110,7 @@ def per_run(runs: list[dict], metric: str = "test_top1", which: str = "best"
       for model, entry in models.items():
         if not isinstance(entry, dict):
           continue
-        source = entry if which == "best" else entry.get("last", {})
+        source = checkpoint(entry, which)
         if metric in source:
           row.setdefault(column(run, model, entry), {})[label] = float(source[metric])
   return table

@@ -17,7 +17,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 @pytest.mark.parametrize("config", ["configs/digits.py:tiny",
                                     "configs/tiny_imagenet_subsets.py:tiny"])
-def test_stage_all_without_tensorflow_tfds_or_clu(config, tmp_path):
+def test_stage_all_without_tensorflow_tfds_or_tensorboard(config, tmp_path):
   if "tiny_imagenet" in config and not (DATA / "tiny_imagenet30_32.npz").exists():
     pytest.skip("../shared/data is not beside the checkout")
   env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "bare_jax"),
