@@ -10,7 +10,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       ml-collections==1.1.0
 #   # on the GPU host, from the repository root:
-#   OUT=/tmp/bench benchmarks/gpu.sh
+#   OUT=/tmp/bench benchmarks/gpu.sh          # BUDGET_S=300 to end within 300 s
 set -uo pipefail
 out=${OUT:-benchmarks/gpu_out}
 mkdir -p "$out"
@@ -21,10 +21,14 @@ fi
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 common=(--dtype bfloat16 --data synthetic --warmup 5 --iters 20 --pipeline_steps 0)
+# BUDGET_S caps the whole script (default 470 s): each run gets at most 240 s of what is left,
+# and a run with under 30 s left is skipped, so the script ends inside its budget.
+budget=${BUDGET_S:-470}
 run() {  # name, flags...
-  local name=$1; shift
-  timeout 240 python3 -m benchmarks.throughput --json "$out/$name.json" "${common[@]}" "$@" \
-      2>&1 | grep -v "^[IW][0-9]" | tee "$out/$name.txt"
+  local name=$1 left=$((budget - SECONDS)); shift
+  if ((left < 30)); then echo "gpu.sh: $name skipped: ${left} s of ${budget} s left"; return 1; fi
+  timeout $((left < 240 ? left : 240)) python3 -m benchmarks.throughput --json "$out/$name.json" \
+      "${common[@]}" "$@" 2>&1 | grep -v "^[IW][0-9]" | tee "$out/$name.txt"
 }
 run r18_32 --model resnet18 --width 1 --image_size 32 --batch 256 \
     --stages teacher,joint,student:mlfd,student:kd,eval

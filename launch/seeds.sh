@@ -54,10 +54,12 @@ else
   pids=()
   for ((lane = 0; lane < lanes; lane++)); do
     cores="$((lane * per))-$((lane * per + per - 1))"
+    pin=(taskset -c "$cores")
+    command -v taskset > /dev/null || pin=()  # a host without util-linux runs the lanes unpinned
     (  # this lane's seeds, one after another, on its own cores
       for ((s = lane; s < n; s += lanes)); do
         echo "seed $s: cores $cores, log $prefix/seed$s.log"
-        taskset -c "$cores" bash -c "set -euo pipefail; $(declare -f run_seed); config='$config' \
+        "${pin[@]}" bash -c "set -euo pipefail; $(declare -f run_seed); config='$config' \
             prefix='$prefix' methods='$methods' baseline=$baseline run_seed \"\$@\"" \
             run_seed "$s" "$@" > "$prefix/seed$s.log" 2>&1
       done

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -102,3 +103,18 @@ def test_end_to_end_splits_a_seeds_wall_time_and_keeps_its_accuracy(tmp_path):
   assert "| digits_a | mlfd | " in same.stdout
   diffs = [line.split("|")[-2].strip() for line in lines if line.startswith("| digits_")]
   assert len(diffs) == 9 and set(diffs) == {"+0.00"}
+
+
+def test_gpu_script_skips_the_runs_its_budget_has_no_room_for(tmp_path):
+  """benchmarks/gpu.sh ends inside BUDGET_S: a run with under 30 s left is skipped, not started."""
+  env = {**os.environ, "OUT": str(tmp_path), "BUDGET_S": "25"}
+  proc = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  runs = ["r18_32", "r50_224", "r50_224_student_b512", "r50_224_student_b384",
+          "r50_224_student_b256"]
+  skipped = [re.fullmatch(r"gpu\.sh: (\S+) skipped: (\d+) s of 25 s left", line)
+             for line in proc.stdout.splitlines() if line.startswith("gpu.sh:")]
+  assert [m.group(1) for m in skipped] == runs
+  assert all(int(m.group(2)) <= 25 for m in skipped)
+  assert not list(tmp_path.glob("*.json"))

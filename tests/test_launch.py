@@ -22,6 +22,7 @@ def _launch(tmp_path, argv, fail=""):
   (fake / "python").write_text(
       '#!/usr/bin/env bash\n'
       'echo "$(taskset -pc $$ | sed "s/.*: //") $*" >> "$FAKE_LOG"\n'
+      'echo "${XLA_PYTHON_CLIENT_MEM_FRACTION:-unset}" >> "$FAKE_LOG.memory"\n'
       'if [[ -n "$FAKE_FAIL" && "$*" == *"$FAKE_FAIL" ]]; then exit 3; fi\n')
   (fake / "python").chmod(0o755)
   log = tmp_path / "calls.txt"
@@ -98,6 +99,26 @@ def test_ablations_lane_stops_at_a_failed_run(tmp_path):
     # the default, mlfd_last, then the first ablation, which failed: nothing after it
     assert len(mine) == 3 and mine[-1].endswith("--config.joint.mode=per_dataset"), mine
   assert not any("report" in c for _, c in calls)
+
+
+@needs_two_cores
+def test_gpu_study_runs_its_seeds_side_by_side_with_a_share_of_the_gpu_each(tmp_path):
+  proc, calls = _launch(tmp_path, ["launch/gpu_study.sh", str(tmp_path / "r"), "2",
+                                   "--config.data_root=d"])
+  assert proc.returncode == 0, proc.stderr
+  study = ("--config.joint.fusion_level=stage4 --config.joint.precompute_teachers=True "
+           "--config.distill.precompute_targets=True --config.teacher_train.dtype=bfloat16 "
+           "--config.joint_train.dtype=bfloat16 --config.student_train.dtype=bfloat16 "
+           "--config.data_root=d")
+  for s, cpus in ((0, "0"), (1, "1")):  # one lane a seed, each on its own cores
+    base = (f"-m mlfd_jax.main --config=configs/tiny_imagenet_subsets.py:width=1.0,budget=4 "
+            f"--workdir=T/r/seed{s} --config.seed={s}")
+    assert [(c, m) for c, m in calls if f"seed{s} " in m + " " and "main" in m] == [
+        (cpus, f"{base} {study}"),
+        (cpus, f"{base} --config.stage=students --config.distill.method=kd {study}")]
+  assert calls[-1][1] == "-m mlfd_jax.report T/r/seed0 T/r/seed1 --out T/r/report"
+  # two processes share one GPU: each takes 0.45 of its memory, not JAX's default 0.75
+  assert set((tmp_path / "calls.txt.memory").read_text().split()) == {"0.45"}
 
 
 def _recorders(tmp_path, names, describe_rc=1):
