@@ -64,11 +64,13 @@ else
   per=$(($(nproc) / lanes)) pids=()
   for ((lane = 0; lane < lanes; lane++)); do
     cores="$((lane * per))-$((lane * per + per - 1))"
+    pin=(taskset -c "$cores")
+    command -v taskset > /dev/null || pin=()  # a host without util-linux runs the lanes unpinned
     (  # this lane's seeds, one after another, on its own cores
       for ((i = lane; i < ${#seed_list[@]}; i += lanes)); do
         s=${seed_list[i]}
         echo "seed $s: cores $cores, log $prefix/ablations_seed$s.log"
-        taskset -c "$cores" bash -c "set -euo pipefail; $(declare -f run_seed); \
+        "${pin[@]}" bash -c "set -euo pipefail; $(declare -f run_seed); \
             $(declare -p ABLATIONS); config='$config' prefix='$prefix' run_seed \"\$@\"" \
             run_seed "$s" "$@" > "$prefix/ablations_seed$s.log" 2>&1
       done
