@@ -2,7 +2,9 @@ r"""results.json files -> results.md (mean ± std over runs) and a PNG bar chart
 
   python -m mlfd_jax.report runs/trio/seed* --out reports/trio
 
-Each argument is a workdir (or a results.json). Runs are grouped by (dataset, method); a method
+Each argument is a workdir (or a results.json). The workdirs of one seed (methods trained side
+by side in copies of a workdir) are merged into one run; `--runs_out DIR` writes each merged run
+as `DIR/seedN.results.json`. Runs are grouped by (dataset, method); a method
 is a model kind of results.json (`teacher` is reported as `individual`), with students labelled
 by their distillation run (`mlfd`, `mlfd_last`, `kd`, `amtml`, `feed`, ...).
 An argument `GROUP=PATH` prefixes that run's columns with `GROUP:` so that ablation workdirs
@@ -53,8 +55,11 @@ def column(run: dict, model: str, entry: dict) -> str:
 
 
 def load_runs(paths: Iterable[str]) -> list[dict]:
-  """Each path's results; `GROUP=PATH` tags a run so its methods show as `GROUP:method`."""
-  runs = []
+  """Each path's results, one run per (seed, group): the workdirs of one seed (methods trained
+  side by side in copies of a workdir) are merged into one run, so a seed counts once in every
+  mean and pairs across all of them. `GROUP=PATH` tags a run so its methods show as
+  `GROUP:method`."""
+  runs: list[dict] = []
   for path in paths:
     group = ""
     if "=" in path and not fileio.exists(path):
@@ -63,10 +68,44 @@ def load_runs(paths: Iterable[str]) -> list[dict]:
     if not fileio.exists(file):
       raise FileNotFoundError(f"no results.json at {file}")
     try:
-      runs.append({**json.loads(fileio.read_text(file)), "_group": group})
+      run = json.loads(fileio.read_text(file))
     except json.JSONDecodeError as e:
       raise ValueError(f"{file} is not valid JSON ({e})") from None
+    same = [r for r in runs if run.get("seed") is not None
+            and (r.get("seed"), r["_group"]) == (run.get("seed"), group)]
+    if same:
+      merge_into(same[0], run, file)
+    else:
+      runs.append({**run, "_group": group, "_files": [file]})
   return runs
+
+
+def merge_into(run: dict, other: dict, file: str) -> None:
+  """Adds `other`'s entries (from `file`) to `run`, a run of the same seed and group. An entry
+  both hold must be the same (a workdir copied before its other methods trained holds the same
+  teachers): two different results for one model and seed are refused, not averaged."""
+  for dataset, models in other.get("datasets", {}).items():
+    mine = run.setdefault("datasets", {}).setdefault(dataset, {})
+    for model, entry in models.items():
+      if model in mine and mine[model] != entry and isinstance(entry, dict):
+        raise ValueError(
+            f"{file} and {', '.join(run['_files'])} (both seed {run['seed']}) hold different "
+            f"{dataset}.{model} results; pass one of them, or tag one GROUP=PATH to compare them")
+      mine.setdefault(model, entry)
+  run["_files"].append(file)
+
+
+def write_runs(runs: list[dict], out: str) -> list[str]:
+  """Each run as one results.json, `out/[GROUP_]seedN.results.json`: the merged copy of a seed's
+  workdirs, small enough to commit beside a report and to report from again."""
+  fileio.makedirs(out)
+  written = []
+  for i, run in enumerate(runs):
+    prefix = f"{run['_group']}_" if run["_group"] else ""
+    file = fileio.join(out, f"{prefix}{run_label(run, i)}.results.json")
+    fileio.write_json_atomic(file, {k: v for k, v in run.items() if not k.startswith("_")})
+    written.append(file)
+  return written
 
 
 def checkpoint(entry: dict, which: str) -> dict:
@@ -282,14 +321,17 @@ def format_commands(runs: list[dict]) -> str:
   return "\n".join(rows) + "\n"
 
 
-def write_report(paths: list[str], out: str,
-                 pairs: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+def write_report(paths: list[str], out: str, pairs: Iterable[tuple[str, str]] = (),
+                 runs_out: str | None = None) -> dict[str, str]:
   runs = load_runs(paths)
   fileio.makedirs(out)
+  if runs_out:
+    write_runs(runs, runs_out)
   best, last = collect(runs, "best"), collect(runs, "last")
   md = ["# Results", "",
-        f"Test top-1 (%), mean ± sample std over runs; {len(runs)} results files: "
-        + ", ".join(f"`{p}`" for p in paths) + ".", "",
+        f"Test top-1 (%), mean ± sample std over runs; {len(runs)} run{'s' * (len(runs) != 1)} "
+        "(a seed's workdirs "
+        "merged into one run) from " + ", ".join(f"`{p}`" for p in paths) + ".", "",
         format_markdown(best, "Best checkpoint by validation top-1"),
         format_markdown(last, "Last checkpoint"), "![test top-1](results.png)", ""]
   values = per_run(runs)
@@ -317,9 +359,12 @@ def main(argv=None) -> int:
   parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                       help="also summarise the paired difference A − B of two columns "
                            "(repeatable), e.g. --pair mlfd kd")
+  parser.add_argument("--runs_out", default=None, metavar="DIR",
+                      help="also write each run (a seed's workdirs merged) as "
+                           "DIR/seedN.results.json")
   args = parser.parse_args(argv)
   try:
-    files = write_report(args.workdirs, args.out, [tuple(p) for p in args.pair])
+    files = write_report(args.workdirs, args.out, [tuple(p) for p in args.pair], args.runs_out)
   except (FileNotFoundError, ValueError) as e:
     print(f"mlfd_jax.report: error: {e}", file=sys.stderr)
     return 2

@@ -1,6 +1,8 @@
 """The results report on hand-made results.json files."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -149,3 +151,49 @@ def test_paired_summary_pools_pairs_and_treats_each_run_as_one_unit(tmp_path):
       "### Paired summary over (dataset, run) pairs, best")[1].split("###")[0]
   assert "| individual − mlfd | 6 | 1 / 1 / 4 | -2.00 ± 2.83 |" in best
   assert "kd − mlfd" not in best
+
+
+def _copy_with(path, run_dir, extra):
+  """A copy of `run_dir`'s results.json with `extra` models added to its mnist entry: a seed's
+  second workdir, copied from the first before other methods trained in it."""
+  res = json.loads(open(f"{run_dir}/results.json").read())
+  res["datasets"]["mnist"].update(extra)
+  return _write(path, res["seed"], res["datasets"])
+
+
+def test_a_seeds_workdirs_are_merged_into_one_run(runs, tmp_path):
+  s0, s1 = runs
+  kd = {"student_kd": {**_entry(0.93), "method": "kd", "name": "kd"}}
+  s0_kd, s1_kd = _copy_with(tmp_path / "s0_kd", s0, kd), _copy_with(tmp_path / "s1_kd", s1, kd)
+  md = open(report.write_report([s0, s1, s0_kd, s1_kd], str(tmp_path / "out"),
+                                runs_out=str(tmp_path / "merged"))["md"]).read()
+  # Each seed counts once: the teacher both of its workdirs hold is not counted twice.
+  assert "| mnist | 92.00 ± 2.83 (n=2) |" in md and "2 runs" in md
+  paired = md.split("### Paired")[1]
+  assert "| mnist | kd | +1.00 ± 2.83 (1/2 > 0) | +3.00 | -1.00 |" in paired
+  merged = json.loads((tmp_path / "merged" / "seed0.results.json").read_text())
+  assert sorted(merged["datasets"]["mnist"]) == ["num_classes", "student", "student_kd",
+                                                  "teacher"]
+  assert merged["seed"] == 0 and "_files" not in merged
+  # The merged copy reports the same as the workdirs it came from.
+  again = report.write_report([str(tmp_path / "merged" / f"seed{s}.results.json")
+                               for s in (0, 1)], str(tmp_path / "again"))
+  assert open(again["md"]).read().split("### Best")[1] == md.split("### Best")[1]
+
+
+def test_two_different_results_for_one_seeds_model_are_refused(runs, tmp_path):
+  s0, _ = runs
+  rerun = _copy_with(tmp_path / "rerun", s0, {"teacher": _entry(0.91)})
+  out = tmp_path / "out"
+  proc = subprocess.run([sys.executable, "-m", "mlfd_jax.report", s0, rerun, "--out", str(out)],
+                        capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert proc.stderr == (
+      f"mlfd_jax.report: error: {rerun}/results.json and {s0}/results.json (both seed 0) hold "
+      f"different mnist.teacher results; pass one of them, or tag one GROUP=PATH to compare "
+      f"them\n")
+  assert not out.exists()
+  # Tagged, the rerun is its own column beside the first.
+  md = open(report.write_report([s0, f"rerun={rerun}"], str(out))["md"]).read()
+  assert "| mnist | individual | 90.00 | 90.00 |" in md
+  assert "| mnist | rerun:individual | 91.00 | 91.00 |" in md
