@@ -149,7 +149,8 @@ class JaxBench:
 
     n, out = self.args.pipeline_steps, {}
     feeds = {"device_resident": lambda: batch}
-    batches = parallel.prefetch(data.train_batches(self.args.batch, seed=1), self.ctx.mesh)
+    batches = parallel.prefetch(data.train_batches(self.args.batch, seed=1), self.ctx.mesh,
+                                size=self.args.prefetch)
     feeds["pipeline"] = lambda: next(batches)
     try:
       for name, feed in feeds.items():
@@ -162,6 +163,7 @@ class JaxBench:
     finally:
       batches.close()
     out["ratio"] = out["device_resident_ms"] / out["pipeline_ms"]
+    out["prefetch"] = self.args.prefetch
     return out
 
 
@@ -295,6 +297,8 @@ def parse_args(argv):
   p.add_argument("--iters", type=int, default=10)
   p.add_argument("--pipeline_steps", type=int, default=20,
                  help="steps of the input-pipeline comparison (0: skip it)")
+  p.add_argument("--prefetch", type=int, default=2,
+                 help="batches the input pipeline builds ahead in that comparison (training: 2)")
   p.add_argument("--data", choices=("auto", "real", "synthetic"), default="auto",
                  help=f"real: ../shared/data/{REAL_FILE}; auto: real when it exists")
   p.add_argument("--data_root", default="../shared/data")
@@ -345,7 +349,7 @@ def main(argv=None) -> int:
   if pipeline:
     print(f"student:mlfd fed by the input pipeline: {pipeline['pipeline_ms']:.1f} ms/step vs "
           f"{pipeline['device_resident_ms']:.1f} on a device-resident batch "
-          f"({100 * pipeline['ratio']:.0f}% of its speed)")
+          f"({100 * pipeline['ratio']:.0f}% of its speed; prefetch {pipeline['prefetch']})")
   print(f"peak (best {', '.join(f'{k} {v / 1e9:.0f}' for k, v in peaks.items())} GFLOP/s "
         f"matmul); {out['device']}")
   if args.json:

@@ -118,3 +118,39 @@ def test_gpu_script_skips_the_runs_its_budget_has_no_room_for(tmp_path):
   assert [m.group(1) for m in skipped] == runs
   assert all(int(m.group(2)) <= 25 for m in skipped)
   assert not list(tmp_path.glob("*.json"))
+
+
+def test_bn_folding_times_the_folded_model_a_bias_add_per_batchnorm():
+  """The folded program is the model with each BatchNorm a bias add: with statistics that make
+  BatchNorm exactly that (mean 0, var + eps = 1, scale 1), both compute the same outputs, and
+  the folded one no longer normalises."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from benchmarks import bn_folding
+  from mlfd_jax import modelfn
+
+  fn = modelfn.from_config({"name": "resnet18", "width": 0.0625}, num_classes=3, image_size=8)
+  variables = fn.init(jax.random.key(0))
+
+  def bn_as_bias(path, value):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['mean']"):
+      return jnp.zeros_like(value)
+    if name.endswith("['var']"):
+      return jnp.full_like(value, 1 - 1e-5)
+    return value
+
+  variables["model_state"] = jax.tree_util.tree_map_with_path(bn_as_bias,
+                                                              variables["model_state"])
+  variables["params"] = jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.ones_like(v) if jax.tree_util.keystr(p).endswith("['scale']")
+      else v + 0.1 if jax.tree_util.keystr(p).endswith("['bias']") else v, variables["params"])
+  x = jnp.asarray(np.random.default_rng(0).random((2, 8, 8, 3), np.float32))
+  forward = lambda: jax.jit(lambda v, i: fn.apply(v, i, train=False)[0])  # noqa: E731
+  with bn_folding.batchnorm_as_bias():
+    folded = forward().lower(variables, x).compile()
+  as_is = forward().lower(variables, x).compile()
+  assert "rsqrt" in as_is.as_text() and "rsqrt" not in folded.as_text()
+  np.testing.assert_allclose(folded(variables, x), as_is(variables, x), rtol=1e-4, atol=1e-5)
