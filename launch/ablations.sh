@@ -18,6 +18,7 @@
 # are all there). --lanes L runs L seeds at a time, each pinned (taskset) to its own 1/L of the
 # cores, with its log in PREFIX/ablations_seed<i>.log (see launch/seeds.sh on pinned arithmetic).
 set -euo pipefail
+. "$(dirname "$0")/lanes.sh"
 config=$1 prefix=$2 n=$3; shift 3
 seeds=$(seq -s " " 0 $((n - 1))) lanes=1
 while [[ $# -gt 0 ]]; do
@@ -58,14 +59,10 @@ read -r -a seed_list <<< "$seeds"
 if ((lanes <= 1)); then
   for s in "${seed_list[@]}"; do run_seed "$s" "$@"; done
 else
-  if ((lanes > $(nproc))); then
-    echo "ablations.sh: --lanes $lanes is more than the $(nproc) usable cores" >&2; exit 2
-  fi
-  per=$(($(nproc) / lanes)) pids=()
+  check_lanes ablations.sh "$lanes"
+  pids=()
   for ((lane = 0; lane < lanes; lane++)); do
-    cores="$((lane * per))-$((lane * per + per - 1))"
-    pin=(taskset -c "$cores")
-    command -v taskset > /dev/null || pin=()  # a host without util-linux runs the lanes unpinned
+    lane_pin "$lanes" "$lane"
     (  # this lane's seeds, one after another, on its own cores
       for ((i = lane; i < ${#seed_list[@]}; i += lanes)); do
         s=${seed_list[i]}

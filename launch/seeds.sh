@@ -15,6 +15,7 @@
 # from an unpinned one's (XLA:CPU uses as many threads as usable cores): compare seeds run the
 # same way, and pair models only within a seed.
 set -euo pipefail
+. "$(dirname "$0")/lanes.sh"
 config=$1 prefix=$2 n=$3; shift 3
 methods="" baseline=0 lanes=1
 while [[ $# -gt 0 ]]; do
@@ -46,16 +47,11 @@ if ((lanes <= 1)); then
     dirs+=("$prefix/seed$s")
   done
 else
-  if ((lanes > $(nproc))); then
-    echo "seeds.sh: --lanes $lanes is more than the $(nproc) usable cores" >&2; exit 2
-  fi
+  check_lanes seeds.sh "$lanes"
   mkdir -p "$prefix"
-  per=$(($(nproc) / lanes))
   pids=()
   for ((lane = 0; lane < lanes; lane++)); do
-    cores="$((lane * per))-$((lane * per + per - 1))"
-    pin=(taskset -c "$cores")
-    command -v taskset > /dev/null || pin=()  # a host without util-linux runs the lanes unpinned
+    lane_pin "$lanes" "$lane"
     (  # this lane's seeds, one after another, on its own cores
       for ((s = lane; s < n; s += lanes)); do
         echo "seed $s: cores $cores, log $prefix/seed$s.log"

@@ -106,6 +106,21 @@ def test_bad_config_value_fails_before_any_training(workdir, args, error):
   assert not (workdir / "joint").exists() and not (workdir / "students").exists()
 
 
+def test_check_stage_names_a_bad_method_and_trains_nothing(tmp_path):
+  """`stage=check` fails on a later stage's bad value like `all` does, and on a good config
+  exits 0 having written no model."""
+  workdir = tmp_path / "w"
+  stderr = _fail(workdir, DIGITS, "--config.stage=check", "--config.distill.method=nope")
+  assert stderr == ("mlfd_jax: error: unknown distillation method 'nope'; valid: amtml, avg_kd, "
+                    f"feed, feed_seq, kd, mlfd, mlfd_last{TRACE}\n")
+  r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", DIGITS, f"--workdir={workdir}",
+                      "--config.stage=check", "--config.distill.method=kd"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "config checked" in r.stdout
+  assert [p.name for p in workdir.iterdir()] == []  # nothing trained, nothing recorded
+
+
 def _npz(path: pathlib.Path, **arrays) -> pathlib.Path:
   """A `tiny_imagenet30_32.npz` under `path` with 10 images of each of the 30 classes, the given
   arrays replaced (None drops one)."""

@@ -110,7 +110,7 @@ def test_unwritable_workdir(digits_config, tmp_path):
 
 ENTRY_ERRORS = [
     (["--config.stage=nope"],
-     "unknown stage 'nope'; valid: all, baseline_joint, eval, joint, students, teachers"),
+     "unknown stage 'nope'; valid: all, baseline_joint, check, eval, joint, students, teachers"),
     (["--config.teacher_train.stpes=3"],
      "unknown config key 'teacher_train.stpes' (--config.teacher_train.stpes); closest: "
      "teacher_train.steps, teacher_train.dtype, teacher_train.epochs"),

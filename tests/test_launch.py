@@ -121,6 +121,67 @@ def test_gpu_study_runs_its_seeds_side_by_side_with_a_share_of_the_gpu_each(tmp_
   assert set((tmp_path / "calls.txt.memory").read_text().split()) == {"0.45"}
 
 
+def _seed_lanes(tmp_path, *args, fail=""):
+  """launch/seed_lanes.sh on seed 7 of configs/x.py, its stage-1 files made up front (the fake
+  `python` trains nothing, and lane 1 copies them)."""
+  w = tmp_path / "r" / "seed7"
+  for d in ("teachers/a", "joint"):
+    (w / d).mkdir(parents=True)
+  (w / "results.json").write_text("{}")
+  return _launch(tmp_path, ["launch/seed_lanes.sh", "configs/x.py", str(tmp_path / "r"), "7",
+                            *args], fail=fail)
+
+
+@needs_two_cores
+def test_seed_lanes_checks_every_method_then_spreads_them_over_the_lanes(tmp_path):
+  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kd avg_kd", "--baseline_joint",
+                            "--lanes", "2", "--config.data_root=d")
+  assert proc.returncode == 0, proc.stderr
+  main = "-m mlfd_jax.main --config=configs/x.py --workdir=T/r/seed7"
+  flags = "--config.seed=7"
+  checks = [c for _, c in calls[:3]]
+  assert checks == [f"{main} {flags} --config.stage=check --config.distill.method={m} "
+                    "--config.data_root=d" for m in ("mlfd", "kd", "avg_kd")]
+  by_lane = {cpus: [c for p, c in calls[3:-1] if p == cpus] for cpus in ("0", "1")}
+  students = "--config.stage=students --config.distill.method"
+  assert by_lane["0"] == [f"{main} {flags} --config.stage=teachers --config.data_root=d",
+                          f"{main} {flags} --config.stage=joint --config.data_root=d",
+                          f"{main} {flags} {students}=mlfd --config.data_root=d",
+                          f"{main} {flags} {students}=avg_kd --config.data_root=d"]
+  assert by_lane["1"] == [f"{main}_bj {flags} --config.stage=baseline_joint --config.data_root=d",
+                          f"{main}_lane1 {flags} {students}=kd --config.data_root=d"]
+  # lane 1's students start after the joint teacher, from a copy of its workdir
+  order = [c for _, c in calls]
+  assert order.index(by_lane["1"][1]) > order.index(by_lane["0"][1])
+  lane1 = tmp_path / "r" / "seed7_lane1"
+  assert sorted(p.name for p in lane1.iterdir()) == ["joint", "results.json", "teachers"]
+  assert (lane1 / "teachers" / "a").is_dir()
+  assert calls[-1][1] == ("-m mlfd_jax.report T/r/seed7 T/r/seed7_lane1 T/r/seed7_bj "
+                          "--out T/r/report --runs_out T/r/report")
+
+
+def test_seed_lanes_trains_nothing_when_a_methods_config_does_not_check(tmp_path):
+  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kdd", "--lanes", "1",
+                            fail="--config.distill.method=kdd")
+  assert proc.returncode == 2
+  assert proc.stderr == ("seed_lanes.sh: the config with method kdd does not check (above); "
+                         "nothing trained\n")
+  assert [c.split("--config.stage=")[1] for _, c in calls] == [
+      "check --config.distill.method=mlfd", "check --config.distill.method=kdd"]
+
+
+@needs_two_cores
+def test_seed_lanes_reports_nothing_when_the_joint_teacher_fails(tmp_path):
+  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kd", "--baseline_joint", "--lanes", "2",
+                            fail="--config.stage=joint")
+  assert proc.returncode == 1
+  assert proc.stderr == (f"seed_lanes.sh: stage 1, the joint teacher or the joint baseline "
+                         f"failed: see {tmp_path}/r/seed7.lane*.log; nothing was reported\n")
+  stages = sorted(c.split("--config.stage=")[1].split()[0] for _, c in calls)
+  assert stages == ["baseline_joint", "check", "check", "joint", "teachers"]
+  assert not (tmp_path / "r" / "seed7_lane1").exists()
+
+
 def _recorders(tmp_path, names, describe_rc=1):
   """Fake `gcloud`, `tar` and `srun` that log their argv (one call a line, fields split by
   \\x1f); `gcloud ... describe` exits with `describe_rc` (1: no such slice)."""

@@ -23,6 +23,14 @@ def check_all(ctx) -> None:
     spec.check_training(ctx.mesh)
 
 
+def run_check(ctx) -> None:
+  """`check`: the checks `all` makes before training, and nothing else. A launcher that runs the
+  stages one at a time (launch/seed_lanes.sh) checks each method's config this way first, so a
+  bad value in a later command does not cost the hours of the earlier ones."""
+  check_all(ctx)
+  logging.info("config checked: every model `all` would train can be built; nothing trained")
+
+
 def run_all(ctx) -> None:
   """teachers -> joint -> students -> eval; finished stages are skipped, partial ones resumed."""
   check_all(ctx)
@@ -36,3 +44,4 @@ def run_all(ctx) -> None:
 for _module in (teachers, joint, students, baselines, evaluate):
   STAGES.add(_module.STAGE, _module.run)
 STAGES.add("all", run_all)
+STAGES.add("check", run_check)
