@@ -18,7 +18,7 @@
 # are all there). --lanes L runs L seeds at a time, each pinned (taskset) to its own 1/L of the
 # cores, with its log in PREFIX/ablations_seed<i>.log (see launch/seeds.sh on pinned arithmetic).
 set -euo pipefail
-. "$(dirname "$0")/lanes.sh"
+. "$(dirname "$0")/lib.sh"
 config=$1 prefix=$2 n=$3; shift 3
 seeds=$(seq -s " " 0 $((n - 1))) lanes=1
 while [[ $# -gt 0 ]]; do

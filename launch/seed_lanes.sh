@@ -14,10 +14,10 @@
 # 3. The report merges the workdirs into one run of seed S: PREFIX/report/results.{md,png} and
 #    PREFIX/report/seed<S>.results.json.
 # Each lane logs to PREFIX/seed<S>.lane<i>.log. Rerunning resumes or skips what is finished (a
-# lane's copy is made once). --lanes defaults to the number of usable cores; see launch/lanes.sh
+# lane's copy is made once). --lanes defaults to the number of usable cores; see launch/lib.sh
 # on pinned arithmetic.
 set -euo pipefail
-. "$(dirname "$0")/lanes.sh"
+. "$(dirname "$0")/lib.sh"
 config=$1 prefix=$2 seed=$3; shift 3
 methods=mlfd baseline=0 lanes=$(nproc)
 while [[ $# -gt 0 ]]; do
@@ -49,11 +49,7 @@ fail() {
   exit 1
 }
 
-for m in "${method_list[@]}"; do  # every method's config, before anything trains
-  python -m mlfd_jax.main --config="$config" --workdir="$w" --config.seed="$seed" \
-      --config.stage=check --config.distill.method="$m" "$@" > /dev/null \
-      || { echo "seed_lanes.sh: the config with method $m does not check (above); nothing trained" >&2; exit 2; }
-done
+check_methods seed_lanes.sh "$config" "$w" "$seed" "$methods" "$@"
 
 stage1() {  # lane 0: the teachers, the joint teacher, then (with one lane) the joint baseline
   in_lane 0 "$w" --config.stage=teachers "$@"

@@ -15,7 +15,7 @@
 # from an unpinned one's (XLA:CPU uses as many threads as usable cores): compare seeds run the
 # same way, and pair models only within a seed.
 set -euo pipefail
-. "$(dirname "$0")/lanes.sh"
+. "$(dirname "$0")/lib.sh"
 config=$1 prefix=$2 n=$3; shift 3
 methods="" baseline=0 lanes=1
 while [[ $# -gt 0 ]]; do
@@ -40,6 +40,9 @@ run_seed() {  # seed, overrides...: every command of one seed, in order
   done
 }
 
+if [[ -n $methods ]]; then
+  check_methods seeds.sh "$config" "$prefix/seed0" 0 "$methods" "$@"
+fi
 dirs=()
 if ((lanes <= 1)); then
   for ((s = 0; s < n; s++)); do

@@ -37,7 +37,16 @@ def _run(tmp_path, *args):
   proc, calls = _launch(tmp_path, ["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "3",
                                    "--methods", "kd", *args, "--config.data_root=d"])
   assert proc.returncode == 0, proc.stderr
-  return calls
+  return _after_the_check(calls)
+
+
+def _after_the_check(calls, prefix="T/r"):
+  """The calls after the first, which must check the config with the extra method (kd) before
+  anything trains."""
+  assert calls[0][1] == (f"-m mlfd_jax.main --config=configs/x.py --workdir={prefix}/seed0 "
+                         "--config.seed=0 --config.stage=check --config.distill.method=kd "
+                         "--config.data_root=d")
+  return calls[1:]
 
 
 def _seed_commands(s):
@@ -73,7 +82,7 @@ def test_a_failed_run_stops_its_seed_and_no_report_is_made(tmp_path, lanes):
       tmp_path, ["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "3", "--methods", "kd",
                  "--lanes", str(lanes), "--config.data_root=d"],
       fail="--config.seed=1 --config.data_root=d")
-  commands = [c for _, c in calls]
+  commands = [c for _, c in _after_the_check(calls)]
   assert proc.returncode != 0
   assert _seed_commands(1)[1] not in commands  # nothing more on the failed seed's workdir
   assert not any("report" in c for c in commands)
@@ -106,6 +115,14 @@ def test_gpu_study_runs_its_seeds_side_by_side_with_a_share_of_the_gpu_each(tmp_
   proc, calls = _launch(tmp_path, ["launch/gpu_study.sh", str(tmp_path / "r"), "2",
                                    "--config.data_root=d"])
   assert proc.returncode == 0, proc.stderr
+  assert [c for _, c in calls if "--config.stage=check" in c] == [
+      "-m mlfd_jax.main --config=configs/tiny_imagenet_subsets.py:width=1.0,budget=4 "
+      "--workdir=T/r/seed0 --config.seed=0 --config.stage=check --config.distill.method=kd "
+      "--config.joint.fusion_level=stage4 --config.joint.precompute_teachers=True "
+      "--config.distill.precompute_targets=True --config.teacher_train.dtype=bfloat16 "
+      "--config.joint_train.dtype=bfloat16 --config.student_train.dtype=bfloat16 "
+      "--config.data_root=d"]
+  calls = calls[1:]
   study = ("--config.joint.fusion_level=stage4 --config.joint.precompute_teachers=True "
            "--config.distill.precompute_targets=True --config.teacher_train.dtype=bfloat16 "
            "--config.joint_train.dtype=bfloat16 --config.student_train.dtype=bfloat16 "
@@ -160,11 +177,16 @@ def test_seed_lanes_checks_every_method_then_spreads_them_over_the_lanes(tmp_pat
                           "--out T/r/report --runs_out T/r/report")
 
 
-def test_seed_lanes_trains_nothing_when_a_methods_config_does_not_check(tmp_path):
-  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kdd", "--lanes", "1",
-                            fail="--config.distill.method=kdd")
+@pytest.mark.parametrize("script", ["seed_lanes.sh", "seeds.sh"])
+def test_nothing_trains_when_a_methods_config_does_not_check(tmp_path, script):
+  if script == "seeds.sh":
+    proc, calls = _launch(tmp_path, ["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "2",
+                                     "--methods", "mlfd kdd"], fail="--config.distill.method=kdd")
+  else:
+    proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kdd", "--lanes", "1",
+                              fail="--config.distill.method=kdd")
   assert proc.returncode == 2
-  assert proc.stderr == ("seed_lanes.sh: the config with method kdd does not check (above); "
+  assert proc.stderr == (f"{script}: the config with method kdd does not check (above); "
                          "nothing trained\n")
   assert [c.split("--config.stage=")[1] for _, c in calls] == [
       "check --config.distill.method=mlfd", "check --config.distill.method=kdd"]

@@ -1,0 +1,36 @@
+# Sourced by the launch scripts: what they share.
+#
+# Lanes: each lane pinned (taskset) to its own 1/L of the usable cores. Two pinned processes
+# train about 1.13x the images per second of one process on both cores of a 2-core machine
+# (benchmarks/RESULTS.md), but a pinned run's arithmetic differs from an unpinned one's (XLA:CPU
+# uses as many threads as usable cores).
+
+# check_lanes SCRIPT L: exits 2 with one line when L lanes would share a core.
+check_lanes() {
+  if (($2 > $(nproc))); then
+    echo "$1: --lanes $2 is more than the $(nproc) usable cores" >&2; exit 2
+  fi
+}
+
+# lane_pin L I: sets `cores` to lane I's share of the cores and `pin` to the command prefix that
+# keeps a command on them (empty on a host without util-linux's taskset: lanes run unpinned).
+lane_pin() {
+  local per=$(($(nproc) / $1))
+  cores="$(($2 * per))-$(($2 * per + per - 1))"
+  pin=(taskset -c "$cores")
+  command -v taskset > /dev/null || pin=()
+}
+
+# check_methods SCRIPT CONFIG WORKDIR SEED "METHODS" [--config.K=V ...]: `stage=check` of the
+# config with each student method, before anything trains; exits 2 naming the first that fails
+# (its own one-line error is printed above), so a bad method given for a later command does not
+# cost the hours of the earlier ones.
+check_methods() {
+  local script=$1 config=$2 dir=$3 seed=$4 m; local -a list; read -r -a list <<< "$5"; shift 5
+  for m in "${list[@]}"; do
+    python -m mlfd_jax.main --config="$config" --workdir="$dir" --config.seed="$seed" \
+        --config.stage=check --config.distill.method="$m" "$@" > /dev/null \
+      || { echo "$script: the config with method $m does not check (above); nothing trained" >&2
+           exit 2; }
+  done
+}
