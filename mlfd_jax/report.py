@@ -83,7 +83,12 @@ def load_runs(paths: Iterable[str]) -> list[dict]:
 def merge_into(run: dict, other: dict, file: str) -> None:
   """Adds `other`'s entries (from `file`) to `run`, a run of the same seed and group. An entry
   both hold must be the same (a workdir copied before its other methods trained holds the same
-  teachers): two different results for one model and seed are refused, not averaged."""
+  teachers): two different results for one model and seed are refused, not averaged, and so
+  are two configs."""
+  if other.get("config") != run.get("config"):
+    raise ValueError(
+        f"{file} ({other.get('config')}) and {run['_files'][0]} ({run.get('config')}) are both "
+        f"seed {run['seed']} of different configs; tag one GROUP=PATH to compare them")
   for dataset, models in other.get("datasets", {}).items():
     mine = run.setdefault("datasets", {}).setdefault(dataset, {})
     for model, entry in models.items():

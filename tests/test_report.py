@@ -197,3 +197,17 @@ def test_two_different_results_for_one_seeds_model_are_refused(runs, tmp_path):
   md = open(report.write_report([s0, f"rerun={rerun}"], str(out))["md"]).read()
   assert "| mnist | individual | 90.00 | 90.00 |" in md
   assert "| mnist | rerun:individual | 91.00 | 91.00 |" in md
+
+
+def test_runs_of_one_seed_from_two_configs_are_not_merged(runs, tmp_path):
+  s0, _ = runs
+  other = json.loads(open(f"{s0}/results.json").read())
+  other["config"] = "c.py:budget=4"
+  (tmp_path / "b4").mkdir()
+  (tmp_path / "b4" / "results.json").write_text(json.dumps(other))
+  with pytest.raises(ValueError) as e:
+    report.load_runs([s0, str(tmp_path / "b4")])
+  assert str(e.value) == (f"{tmp_path}/b4/results.json (c.py:budget=4) and {s0}/results.json "
+                          "(c.py) are both seed 0 of different configs; tag one GROUP=PATH to "
+                          "compare them")
+  assert len(report.load_runs([s0, f"b4={tmp_path / 'b4'}"])) == 2
