@@ -154,3 +154,20 @@ def test_bn_folding_times_the_folded_model_a_bias_add_per_batchnorm():
   as_is = forward().lower(variables, x).compile()
   assert "rsqrt" in as_is.as_text() and "rsqrt" not in folded.as_text()
   np.testing.assert_allclose(folded(variables, x), as_is(variables, x), rtol=1e-4, atol=1e-5)
+
+
+def test_conv_lowerings_compute_the_same_convolution():
+  """Every way conv_lowering times a 3x3 convolution (channels-first included, through its
+  layout adapters) computes XLA's channels-last convolution, so their times compare."""
+  import jax
+  import numpy as np
+
+  from benchmarks import conv_lowering
+
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+  want = conv_lowering.conv_xla(x, w)
+  for name, f in conv_lowering.LOWERINGS.items():
+    to_x, to_w, back = conv_lowering.TO_LAYOUT.get(name, (lambda a: a,) * 3)
+    np.testing.assert_allclose(back(f(to_x(x), to_w(w))), want, rtol=1e-4, atol=1e-4,
+                               err_msg=name)
