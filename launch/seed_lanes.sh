@@ -66,9 +66,10 @@ if ((baseline && lanes > 1)); then
 fi
 for pid in "${pids[@]}"; do wait "$pid" || fail "stage 1, the joint teacher or the joint baseline"; done
 
-pids=()
+pids=() dirs=()
 for ((lane = 0; lane < lanes && lane < ${#method_list[@]}; lane++)); do
   dir=$(lane_dir "$lane")
+  dirs+=("$dir")
   if ((lane > 0)) && [[ ! -d $dir ]]; then  # the teachers, joint teacher and compiled programs
     mkdir -p "$dir.tmp"
     cp -r "$w/teachers" "$w/joint" "$w/results.json" "$dir.tmp/"
@@ -85,7 +86,6 @@ for ((lane = 0; lane < lanes && lane < ${#method_list[@]}; lane++)); do
 done
 for pid in "${pids[@]}"; do wait "$pid" || fail "a student method"; done
 
-dirs=("$w")
-for ((lane = 1; lane < lanes && lane < ${#method_list[@]}; lane++)); do dirs+=("$(lane_dir "$lane")"); done
+if ((${#dirs[@]} == 0)); then dirs=("$w"); fi
 if ((baseline)); then dirs+=("${w}_bj"); fi
 python -m mlfd_jax.report "${dirs[@]}" --out "$prefix/report" --runs_out "$prefix/report"
