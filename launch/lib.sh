@@ -21,6 +21,14 @@ lane_pin() {
   command -v taskset > /dev/null || pin=()
 }
 
+# method_flags ENTRY: sets `mflags` to the student flags of one --methods entry, METHOD or
+# METHOD:NAME (NAME: the students' folder and report column, e.g. feed:feed_pre for FEED with
+# precomputed teacher outputs beside a live `feed`).
+method_flags() {
+  mflags=(--config.distill.method="${1%%:*}")
+  if [[ $1 == *:* ]]; then mflags+=(--config.distill.name="${1#*:}"); fi
+}
+
 # check_methods SCRIPT CONFIG WORKDIR SEED "METHODS" [--config.K=V ...]: `stage=check` of the
 # config with each student method, before anything trains; exits 2 naming the first that fails
 # (its own one-line error is printed above), so a bad method given for a later command does not
@@ -28,8 +36,9 @@ lane_pin() {
 check_methods() {
   local script=$1 config=$2 dir=$3 seed=$4 m; local -a list; read -r -a list <<< "$5"; shift 5
   for m in "${list[@]}"; do
+    method_flags "$m"
     python -m mlfd_jax.main --config="$config" --workdir="$dir" --config.seed="$seed" \
-        --config.stage=check --config.distill.method="$m" "$@" > /dev/null \
+        --config.stage=check "${mflags[@]}" "$@" > /dev/null \
       || { echo "$script: the config with method $m does not check (above); nothing trained" >&2
            exit 2; }
   done

@@ -4,13 +4,15 @@
 #   launch/seed_lanes.sh CONFIG PREFIX SEED [--methods "mlfd kd ..."] [--baseline_joint] \
 #       [--lanes L] [--config.K=V ...]
 #   launch/seed_lanes.sh configs/tiny_imagenet_subsets.py:budget=4 runs/tin 7 \
-#       --methods "mlfd kd avg_kd amtml" --baseline_joint --config.joint.fusion_level=stage4
+#       --methods "mlfd kd avg_kd amtml feed:feed_pre" --baseline_joint \
+#       --config.joint.fusion_level=stage4
 #
 # 1. Lane 0 trains the stage-1 teachers and the joint teacher in PREFIX/seed<S>; the joint
 #    baseline, which needs neither, trains beside them in lane 1, in PREFIX/seed<S>_bj.
 # 2. Each lane i > 0 gets a copy of that workdir, PREFIX/seed<S>_lane<i> (a workdir belongs to
-#    one run at a time), and the methods (default: mlfd) are dealt to the lanes in turn: method k
-#    trains its students in lane k mod L, one lane's methods one after another.
+#    one run at a time), and the methods (default: mlfd; METHOD:NAME names the students NAME) are
+#    dealt to the lanes in turn: method k trains its students in lane k mod L, one lane's methods
+#    one after another.
 # 3. The report merges the workdirs into one run of seed S: PREFIX/report/results.{md,png} and
 #    PREFIX/report/seed<S>.results.json.
 # Each lane logs to PREFIX/seed<S>.lane<i>.log. Rerunning resumes or skips what is finished (a
@@ -79,7 +81,8 @@ for ((lane = 0; lane < lanes && lane < ${#method_list[@]}; lane++)); do
   (  # this lane's methods, one after another
     for ((k = lane; k < ${#method_list[@]}; k += lanes)); do
       echo "seed $seed: ${method_list[k]} in lane $lane, $dir"
-      in_lane "$lane" "$dir" --config.stage=students --config.distill.method="${method_list[k]}" "$@"
+      method_flags "${method_list[k]}"
+      in_lane "$lane" "$dir" --config.stage=students "${mflags[@]}" "$@"
     done
   ) &
   pids+=($!)

@@ -2,11 +2,12 @@
 # Run a config for N seeds (one workdir each), optionally with more student methods and the
 # joint baseline in the same workdirs, then report mean ± std over the seeds.
 #
-#   launch/seeds.sh CONFIG PREFIX N [--methods "kd mlfd_last ..."] [--baseline_joint] \
+#   launch/seeds.sh CONFIG PREFIX N [--methods "kd feed:feed_pre ..."] [--baseline_joint] \
 #       [--lanes L] [--config.K=V ...]
 #   launch/seeds.sh configs/shared_trio.py runs/trio 3 --methods "kd mlfd_last" --baseline_joint
 # -> runs/trio/seed0 .. seed2 (teachers, joint teacher, mlfd students, then each method's
 #    students and the joint baseline beside them), and runs/trio/report/results.{md,png}.
+# A --methods entry METHOD:NAME trains METHOD's students under the name NAME.
 # Rerunning resumes or skips each seed's finished stages and methods.
 #
 # --lanes L runs L seeds at a time, each pinned (taskset) to its own 1/L of the CPU cores, with
@@ -35,8 +36,9 @@ run_seed() {  # seed, overrides...: every command of one seed, in order
         --config.stage=baseline_joint "$@"
   fi
   for m in $methods; do
+    method_flags "$m"
     python -m mlfd_jax.main --config="$config" --workdir="$w" --config.seed="$s" \
-        --config.stage=students --config.distill.method="$m" "$@"
+        --config.stage=students "${mflags[@]}" "$@"
   done
 }
 
@@ -58,7 +60,8 @@ else
     (  # this lane's seeds, one after another, on its own cores
       for ((s = lane; s < n; s += lanes)); do
         echo "seed $s: cores $cores, log $prefix/seed$s.log"
-        "${pin[@]}" bash -c "set -euo pipefail; $(declare -f run_seed); config='$config' \
+        "${pin[@]}" bash -c "set -euo pipefail; $(declare -f run_seed method_flags); \
+            config='$config' \
             prefix='$prefix' methods='$methods' baseline=$baseline run_seed \"\$@\"" \
             run_seed "$s" "$@" > "$prefix/seed$s.log" 2>&1
       done

@@ -75,6 +75,21 @@ def test_two_lanes_pin_their_seeds_to_their_own_cores(tmp_path):
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
+def test_a_named_method_trains_under_its_name(tmp_path, lanes):
+  if lanes > USABLE_CORES:
+    pytest.skip("two lanes need two usable cores")
+  proc, calls = _launch(tmp_path, ["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "2",
+                                   "--methods", "kd feed:feed_pre", "--lanes", str(lanes)])
+  assert proc.returncode == 0, proc.stderr
+  named = "--config.distill.method=feed --config.distill.name=feed_pre"
+  assert calls[1][1].endswith(f"--config.stage=check {named}")  # checked before any training
+  for s in (0, 1):
+    assert [c for _, c in calls if f"seed{s} " in c + " " and "students" in c] == [
+        f"-m mlfd_jax.main --config=configs/x.py --workdir=T/r/seed{s} --config.seed={s} "
+        f"--config.stage=students {m}" for m in ("--config.distill.method=kd", named)]
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
 def test_a_failed_run_stops_its_seed_and_no_report_is_made(tmp_path, lanes):
   if lanes > USABLE_CORES:
     pytest.skip("two lanes need two usable cores")
@@ -151,20 +166,21 @@ def _seed_lanes(tmp_path, *args, fail=""):
 
 @needs_two_cores
 def test_seed_lanes_checks_every_method_then_spreads_them_over_the_lanes(tmp_path):
-  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kd avg_kd", "--baseline_joint",
+  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kd feed:feed_pre", "--baseline_joint",
                             "--lanes", "2", "--config.data_root=d")
   assert proc.returncode == 0, proc.stderr
   main = "-m mlfd_jax.main --config=configs/x.py --workdir=T/r/seed7"
   flags = "--config.seed=7"
+  feed_pre = "feed --config.distill.name=feed_pre"  # METHOD:NAME
   checks = [c for _, c in calls[:3]]
   assert checks == [f"{main} {flags} --config.stage=check --config.distill.method={m} "
-                    "--config.data_root=d" for m in ("mlfd", "kd", "avg_kd")]
+                    "--config.data_root=d" for m in ("mlfd", "kd", feed_pre)]
   by_lane = {cpus: [c for p, c in calls[3:-1] if p == cpus] for cpus in ("0", "1")}
   students = "--config.stage=students --config.distill.method"
   assert by_lane["0"] == [f"{main} {flags} --config.stage=teachers --config.data_root=d",
                           f"{main} {flags} --config.stage=joint --config.data_root=d",
                           f"{main} {flags} {students}=mlfd --config.data_root=d",
-                          f"{main} {flags} {students}=avg_kd --config.data_root=d"]
+                          f"{main} {flags} {students}={feed_pre} --config.data_root=d"]
   assert by_lane["1"] == [f"{main}_bj {flags} --config.stage=baseline_joint --config.data_root=d",
                           f"{main}_lane1 {flags} {students}=kd --config.data_root=d"]
   # lane 1's students start after the joint teacher, from a copy of its workdir
