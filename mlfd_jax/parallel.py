@@ -14,6 +14,7 @@ or a TPU pod slice; BatchNorm statistics are global (XLA inserts the all-reduce)
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from typing import Any, Iterable, Iterator
@@ -120,7 +121,7 @@ def any_process(flag: bool) -> bool:
 
 
 BARRIER_TIMEOUT_S = 3600
-_barriers = [0]  # barriers passed by this process: every process passes the same ones in order
+_barrier_ids = itertools.count(1)  # every process passes the same barriers in the same order
 
 
 def barrier(name: str) -> None:
@@ -131,9 +132,8 @@ def barrier(name: str) -> None:
   up after 30 s, and a process still compiling or loading data on a busy host can be later."""
   if jax.process_count() == 1:
     return
-  _barriers[0] += 1
   client = jax_distributed.global_state.client
-  client.wait_at_barrier(f"mlfd_jax/{_barriers[0]}/{name}",
+  client.wait_at_barrier(f"mlfd_jax/{next(_barrier_ids)}/{name}",
                          timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
 
 
