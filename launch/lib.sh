@@ -32,14 +32,16 @@ method_flags() {
 # check_methods SCRIPT CONFIG WORKDIR SEED "METHODS" [--config.K=V ...]: `stage=check` of the
 # config with each student method, before anything trains; exits 2 naming the first that fails
 # (its own one-line error is printed above), so a bad method given for a later command does not
-# cost the hours of the earlier ones.
+# cost the hours of the earlier ones. Sets `checked_datasets` to the config's datasets, comma-
+# separated, as the check prints them.
 check_methods() {
-  local script=$1 config=$2 dir=$3 seed=$4 m; local -a list; read -r -a list <<< "$5"; shift 5
+  local script=$1 config=$2 dir=$3 seed=$4 m out; local -a list; read -r -a list <<< "$5"; shift 5
   for m in "${list[@]}"; do
     method_flags "$m"
-    python -m mlfd_jax.main --config="$config" --workdir="$dir" --config.seed="$seed" \
-        --config.stage=check "${mflags[@]}" "$@" > /dev/null \
+    out=$(python -m mlfd_jax.main --config="$config" --workdir="$dir" --config.seed="$seed" \
+              --config.stage=check "${mflags[@]}" "$@") \
       || { echo "$script: the config with method $m does not check (above); nothing trained" >&2
            exit 2; }
+    checked_datasets=$(sed -n 's/^datasets: //p' <<< "$out" | tail -n 1)
   done
 }

@@ -7,8 +7,11 @@
 #       --methods "mlfd kd avg_kd amtml feed:feed_pre" --baseline_joint \
 #       --config.joint.fusion_level=stage4
 #
-# 1. Lane 0 trains the stage-1 teachers and the joint teacher in PREFIX/seed<S>; the joint
-#    baseline, which needs neither, trains beside them in lane 1, in PREFIX/seed<S>_bj.
+# 1. The teachers are dealt to the lanes (teacher k to lane k mod L; one already begun in
+#    PREFIX/seed<S> stays in lane 0): lane 0 trains its own in PREFIX/seed<S>, lane i > 0 in
+#    PREFIX/seed<S>_teachers<i> (`--config.teacher_datasets`), lane 1 after the joint baseline,
+#    which needs no teacher (PREFIX/seed<S>_bj). Each lane's teachers are then copied into
+#    PREFIX/seed<S>, where lane 0 trains the joint teacher.
 # 2. Each lane i > 0 gets a copy of that workdir, PREFIX/seed<S>_lane<i> (a workdir belongs to
 #    one run at a time), and the methods (default: mlfd; METHOD:NAME names the students NAME) are
 #    dealt to the lanes in turn: method k trains its students in lane k mod L, one lane's methods
@@ -53,20 +56,72 @@ fail() {
 
 check_methods seed_lanes.sh "$config" "$w" "$seed" "$methods" "$@"
 
-stage1() {  # lane 0: the teachers, the joint teacher, then (with one lane) the joint baseline
-  in_lane 0 "$w" --config.stage=teachers "$@"
-  in_lane 0 "$w" --config.stage=joint "$@"
-  if ((baseline && lanes == 1)); then in_lane 0 "${w}_bj" --config.stage=baseline_joint "$@"; fi
+IFS=, read -r -a datasets <<< "${checked_datasets:-}"
+lane_teachers=()  # lane -> its teachers, comma-separated
+for ((k = 0; k < ${#datasets[@]}; k++)); do
+  lane=$((k % lanes))
+  if [[ -d $w/teachers/${datasets[k]} ]]; then lane=0; fi
+  lane_teachers[lane]+="${lane_teachers[lane]:+,}${datasets[k]}"
+done
+
+teacher_flags() {  # lane -> `tflags`: its teachers (none for lane 0 when it trains them all)
+  tflags=()
+  if ((lanes > 1)) && [[ ${lane_teachers[$1]:-} != "${checked_datasets:-}" ]]; then
+    tflags=(--config.teacher_datasets="${lane_teachers[$1]}")
+  fi
 }
-echo "seed $seed: teachers and joint teacher in lane 0, log $prefix/seed$seed.lane0.log"
-stage1 "$@" &
-pids=($!)
-if ((baseline && lanes > 1)); then
-  echo "seed $seed: joint baseline in lane 1, ${w}_bj"
-  in_lane 1 "${w}_bj" --config.stage=baseline_joint "$@" &
-  pids+=($!)
+
+lane_stage1() {  # lane i > 0: (lane 1) the joint baseline, then its teachers
+  local lane=$1; shift
+  if ((baseline && lane == 1)); then in_lane 1 "${w}_bj" --config.stage=baseline_joint "$@"; fi
+  if [[ -n ${lane_teachers[lane]:-} ]]; then
+    teacher_flags "$lane"
+    in_lane "$lane" "${w}_teachers$lane" --config.stage=teachers "${tflags[@]}" "$@"
+  fi
+}
+
+echo "seed $seed: teachers ${lane_teachers[0]:-(all)} and the joint teacher in lane 0, log $prefix/seed$seed.lane0.log"
+teacher_flags 0
+in_lane 0 "$w" --config.stage=teachers "${tflags[@]}" "$@" &
+teacher_pids=($!) other_pids=()
+for ((lane = 1; lane < lanes; lane++)); do
+  if ((baseline && lane == 1)); then echo "seed $seed: joint baseline in lane 1, ${w}_bj"; fi
+  if [[ -n ${lane_teachers[lane]:-} ]]; then
+    echo "seed $seed: teachers ${lane_teachers[lane]} in lane $lane, ${w}_teachers$lane"
+  fi
+  if ((baseline && lane == 1)) || [[ -n ${lane_teachers[lane]:-} ]]; then
+    lane_stage1 "$lane" "$@" &
+    if [[ -n ${lane_teachers[lane]:-} ]]; then teacher_pids+=($!); else other_pids+=($!); fi
+  fi
+done
+wait_all() {  # PID...: waits for every one; fails if any failed
+  local pid rc=0
+  for pid in "$@"; do wait "$pid" || rc=1; done
+  return $rc
+}
+if ! wait_all "${teacher_pids[@]}"; then
+  wait_all "${other_pids[@]}" || true
+  fail "stage 1, a teacher or the joint baseline"
 fi
-for pid in "${pids[@]}"; do wait "$pid" || fail "stage 1, the joint teacher or the joint baseline"; done
+for ((lane = 1; lane < lanes; lane++)); do  # each lane's teachers into the joint teacher's workdir
+  IFS=, read -r -a mine <<< "${lane_teachers[lane]:-}"
+  for name in "${mine[@]}"; do
+    if [[ ! -d $w/teachers/$name ]]; then
+      rm -rf "$w/teachers.$name.tmp"
+      mkdir -p "$w/teachers"
+      cp -r "${w}_teachers$lane/teachers/$name" "$w/teachers.$name.tmp"
+      mv "$w/teachers.$name.tmp" "$w/teachers/$name"
+    fi
+  done
+done
+if ! in_lane 0 "$w" --config.stage=joint "$@"; then
+  wait_all "${other_pids[@]}" || true
+  fail "stage 1, the joint teacher"
+fi
+if ((baseline && lanes == 1)); then
+  in_lane 0 "${w}_bj" --config.stage=baseline_joint "$@" || fail "stage 1, the joint baseline"
+fi
+wait_all "${other_pids[@]}" || fail "stage 1, the joint baseline"
 
 pids=() dirs=()
 for ((lane = 0; lane < lanes && lane < ${#method_list[@]}; lane++)); do
@@ -91,4 +146,7 @@ for pid in "${pids[@]}"; do wait "$pid" || fail "a student method"; done
 
 if ((${#dirs[@]} == 0)); then dirs=("$w"); fi
 if ((baseline)); then dirs+=("${w}_bj"); fi
+for ((lane = 1; lane < lanes; lane++)); do
+  if [[ -d ${w}_teachers$lane ]]; then dirs+=("${w}_teachers$lane"); fi
+done
 python -m mlfd_jax.report "${dirs[@]}" --out "$prefix/report" --runs_out "$prefix/report"

@@ -78,6 +78,7 @@ def run_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.sharding = "replicated"  # or "fsdp": trained models' state split over the devices
   c.fsdp_size = 0  # with fsdp: devices a state tensor is split over (0: all; a divisor: hybrid)
   c.student_datasets = ""  # comma-separated datasets that get students; empty: all
+  c.teacher_datasets = ""  # stage=teachers only: comma-separated datasets whose teachers train
   return c
 
 

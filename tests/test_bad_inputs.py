@@ -92,6 +92,12 @@ CONFIG_VALUES = [
     (["--config.distill.method=nope"], "unknown distillation method 'nope'; valid: amtml, avg_kd, "
      "feed, feed_seq, kd, mlfd, mlfd_last"),
     (["--config.joint.fusion_level=stage7"], None),  # message checked below
+    (["--config.teacher_datasets=digits_b"],
+     "teacher_datasets selects the teachers of stage=teachers only; stage=all (and check, which "
+     "checks it) trains every teacher: leave teacher_datasets empty"),
+    (["--config.stage=teachers", "--config.teacher_datasets=digits_b,digit_c"],
+     "teacher_datasets has 'digit_c', which is not a configured dataset; valid: digits_a, "
+     "digits_b, digits_c"),
 ]
 
 
@@ -118,6 +124,7 @@ def test_check_stage_names_a_bad_method_and_trains_nothing(tmp_path):
                      cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "config checked" in r.stdout
+  assert "datasets: digits_a,digits_b,digits_c" in r.stdout.splitlines()  # for launch/seed_lanes.sh
   assert [p.name for p in workdir.iterdir()] == []  # nothing trained, nothing recorded
 
 

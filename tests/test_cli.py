@@ -117,7 +117,7 @@ ENTRY_ERRORS = [
     (["--config.no_such_key=1"],
      "unknown config key 'no_such_key' (--config.no_such_key); keys: datasets, distill, "
      "fsdp_size, joint, joint_train, num_devices, seed, sharding, stage, student_datasets, student_train, "
-     "students, teacher_train, teachers"),
+     "students, teacher_datasets, teacher_train, teachers"),
     (["--config.seed=abc"], "--config.seed=abc: seed is an int; got 'abc'"),
     (["--config.joint.width=wide"], "--config.joint.width=wide: joint.width is an int; got 'wide'"),
     (["--config.joint.finetune_teachers=maybe"],

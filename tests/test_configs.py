@@ -33,7 +33,7 @@ def test_config_loads_and_models_build(name, arg):
   # Every config carries every method's options, so any method runs with --config.distill.*,
   # and every documented top-level key, so --config.student_datasets=... works everywhere.
   assert {"amtml", "feed", "name", "probe_steps"} <= set(c.distill.keys())
-  assert {"stage", "seed", "num_devices", "student_datasets"} <= set(c.keys())
+  assert {"stage", "seed", "num_devices", "student_datasets", "teacher_datasets"} <= set(c.keys())
   if "setting=reference" in arg:
     # The paper authors' code: fuse at the last map, one joint teacher per dataset, last map.
     assert (c.joint.fusion_level, c.joint.mode, c.distill.method) == (

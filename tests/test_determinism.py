@@ -2,7 +2,8 @@
 
 Batches, augmentation and initialisation are functions of (seed, step), and XLA:CPU's results
 are fixed for a given machine (instruction set, usable cores), so the same command twice must
-give the same parameters and the same results.json (issue 10, fault 5).
+give the same parameters and the same results.json (issue 10, fault 5). So does a teacher
+trained alone (`teacher_datasets`).
 """
 
 import json
@@ -56,3 +57,16 @@ def test_same_seed_same_everything_other_seed_other_parameters(tmp_path):
   for name in NAMES:
     assert any(not np.array_equal(x, y) for x, y in zip(_params(a / "teachers" / name),
                                                           _params(other / "teachers" / name)))
+
+  # A teacher trained on its own (`teacher_datasets`, as launch/seed_lanes.sh's lanes train a
+  # seed's teachers in separate processes) is the one the whole stage trains.
+  alone = tmp_path / "digits_b_alone"
+  config = digits.get_config("tiny")
+  config.stage, config.teacher_datasets = "teachers", "digits_b"
+  _run(config, alone, 0)
+  assert sorted(p.name for p in (alone / "teachers").iterdir()) == ["digits_b"]
+  assert (_results(alone)["datasets"]["digits_b"]["teacher"]
+          == _results(a)["datasets"]["digits_b"]["teacher"])
+  for x, y in zip(_params(alone / "teachers" / "digits_b"), _params(a / "teachers" / "digits_b"),
+                  strict=True):
+    np.testing.assert_array_equal(x, y)

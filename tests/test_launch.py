@@ -14,20 +14,28 @@ USABLE_CORES = len(os.sched_getaffinity(0))
 needs_two_cores = pytest.mark.skipif(USABLE_CORES < 2, reason="two lanes need two usable cores")
 
 
-def _launch(tmp_path, argv, fail=""):
+def _launch(tmp_path, argv, fail="", datasets="a"):
   """Run a launch script with `python` replaced by a recorder of (allowed cpus, argv); a call
-  whose argv ends with `fail` exits 3 (a training command that failed)."""
+  whose argv ends with `fail` exits 3 (a training command that failed). Like the real command,
+  `stage=check` prints the config's `datasets` and `stage=teachers` leaves a folder per teacher
+  (those of --config.teacher_datasets, else all) in its workdir."""
   fake = tmp_path / "bin"
   fake.mkdir()
   (fake / "python").write_text(
       '#!/usr/bin/env bash\n'
       'echo "$(taskset -pc $$ | sed "s/.*: //") $*" >> "$FAKE_LOG"\n'
       'echo "${XLA_PYTHON_CLIENT_MEM_FRACTION:-unset}" >> "$FAKE_LOG.memory"\n'
-      'if [[ -n "$FAKE_FAIL" && "$*" == *"$FAKE_FAIL" ]]; then exit 3; fi\n')
+      'if [[ -n "$FAKE_FAIL" && "$*" == *"$FAKE_FAIL" ]]; then exit 3; fi\n'
+      'if [[ "$*" == *--config.stage=check* ]]; then echo "datasets: $FAKE_DATASETS"; fi\n'
+      'if [[ "$*" == *--config.stage=teachers* ]]; then\n'
+      '  w=$(sed -n "s/.*--workdir=\\([^ ]*\\).*/\\1/p" <<< "$*")\n'
+      '  t=$(sed -n "s/.*--config.teacher_datasets=\\([^ ]*\\).*/\\1/p" <<< "$*")\n'
+      '  t=${t:-$FAKE_DATASETS}; for n in ${t//,/ }; do mkdir -p "$w/teachers/$n"; done\n'
+      'fi\n')
   (fake / "python").chmod(0o755)
   log = tmp_path / "calls.txt"
   env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(log),
-         "FAKE_FAIL": fail}
+         "FAKE_FAIL": fail, "FAKE_DATASETS": datasets}
   proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
   calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
   return proc, [(cpus, cmd.replace(str(tmp_path), "T")) for cpus, cmd in calls]
@@ -153,15 +161,15 @@ def test_gpu_study_runs_its_seeds_side_by_side_with_a_share_of_the_gpu_each(tmp_
   assert set((tmp_path / "calls.txt.memory").read_text().split()) == {"0.45"}
 
 
-def _seed_lanes(tmp_path, *args, fail=""):
-  """launch/seed_lanes.sh on seed 7 of configs/x.py, its stage-1 files made up front (the fake
-  `python` trains nothing, and lane 1 copies them)."""
+def _seed_lanes(tmp_path, *args, fail="", datasets="a", teachers=("a",)):
+  """launch/seed_lanes.sh on seed 7 of configs/x.py, its joint teacher's files and `teachers`
+  made up front (the fake `python` trains nothing, and lane 1 copies them)."""
   w = tmp_path / "r" / "seed7"
-  for d in ("teachers/a", "joint"):
+  for d in ("joint", *(f"teachers/{t}" for t in teachers)):
     (w / d).mkdir(parents=True)
   (w / "results.json").write_text("{}")
   return _launch(tmp_path, ["launch/seed_lanes.sh", "configs/x.py", str(tmp_path / "r"), "7",
-                            *args], fail=fail)
+                            *args], fail=fail, datasets=datasets)
 
 
 @needs_two_cores
@@ -193,6 +201,47 @@ def test_seed_lanes_checks_every_method_then_spreads_them_over_the_lanes(tmp_pat
                           "--out T/r/report --runs_out T/r/report")
 
 
+@needs_two_cores
+def test_seed_lanes_deals_the_teachers_to_the_lanes_and_gathers_them_for_the_joint_teacher(
+    tmp_path):
+  main = "-m mlfd_jax.main --config=configs/x.py --workdir=T/r/seed7"
+  flags = "--config.seed=7"
+  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kd", "--baseline_joint", "--lanes", "2",
+                            datasets="a,b,c", teachers=())
+  assert proc.returncode == 0, proc.stderr
+  by_lane = {cpus: [c for p, c in calls[2:-1] if p == cpus] for cpus in ("0", "1")}
+  students = "--config.stage=students --config.distill.method"
+  # teacher k in lane k mod 2; lane 1 trains its own after the joint baseline, in a workdir of
+  # its own, and the joint teacher starts once every teacher is in lane 0's workdir
+  assert by_lane["0"] == [f"{main} {flags} --config.stage=teachers --config.teacher_datasets=a,c",
+                          f"{main} {flags} --config.stage=joint",
+                          f"{main} {flags} {students}=mlfd"]
+  assert by_lane["1"] == [f"{main}_bj {flags} --config.stage=baseline_joint",
+                          f"{main}_teachers1 {flags} --config.stage=teachers "
+                          "--config.teacher_datasets=b",
+                          f"{main}_lane1 {flags} {students}=kd"]
+  order = [c for _, c in calls]
+  assert order.index(by_lane["0"][1]) > order.index(by_lane["1"][1])
+  for w in ("seed7", "seed7_lane1"):
+    assert sorted(p.name for p in (tmp_path / "r" / w / "teachers").iterdir()) == ["a", "b", "c"]
+  assert sorted(p.name for p in (tmp_path / "r" / "seed7").iterdir()) == [
+      "joint", "results.json", "teachers"]  # no copy left half-made
+  assert calls[-1][1] == ("-m mlfd_jax.report T/r/seed7 T/r/seed7_lane1 T/r/seed7_bj "
+                          "T/r/seed7_teachers1 --out T/r/report --runs_out T/r/report")
+  # run again (as after a preemption): every teacher is now in lane 0's workdir, so lane 0 alone
+  # resumes (here: skips) them all, and the report still reads lane 1's teacher results
+  (tmp_path / "bin").rename(tmp_path / "bin_first")
+  (tmp_path / "calls.txt").unlink()
+  proc, calls = _launch(tmp_path, ["launch/seed_lanes.sh", "configs/x.py", str(tmp_path / "r"),
+                                   "7", "--methods", "mlfd kd", "--baseline_joint", "--lanes",
+                                   "2"], datasets="a,b,c")
+  assert proc.returncode == 0, proc.stderr
+  teachers = [(p, c) for p, c in calls if "--config.stage=teachers" in c]
+  assert teachers == [("0", f"{main} {flags} --config.stage=teachers")]
+  assert calls[-1][1].startswith("-m mlfd_jax.report T/r/seed7 T/r/seed7_lane1 T/r/seed7_bj "
+                                 "T/r/seed7_teachers1 ")
+
+
 @pytest.mark.parametrize("script", ["seed_lanes.sh", "seeds.sh"])
 def test_nothing_trains_when_a_methods_config_does_not_check(tmp_path, script):
   if script == "seeds.sh":
@@ -213,7 +262,7 @@ def test_seed_lanes_reports_nothing_when_the_joint_teacher_fails(tmp_path):
   proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kd", "--baseline_joint", "--lanes", "2",
                             fail="--config.stage=joint")
   assert proc.returncode == 1
-  assert proc.stderr == (f"seed_lanes.sh: stage 1, the joint teacher or the joint baseline "
+  assert proc.stderr == (f"seed_lanes.sh: stage 1, the joint teacher "
                          f"failed: see {tmp_path}/r/seed7.lane*.log; nothing was reported\n")
   stages = sorted(c.split("--config.stage=")[1].split()[0] for _, c in calls)
   assert stages == ["baseline_joint", "check", "check", "joint", "teachers"]

@@ -6,6 +6,7 @@ module; this package imports them (downward) to register them, and defines `all`
 
 from __future__ import annotations
 
+import jax
 from absl import logging
 
 from mlfd_jax.registry import Registry
@@ -19,6 +20,10 @@ def check_all(ctx) -> None:
   """Builds the spec of every model `all` trains: a bad value in a later stage's block
   (a method, a level, a model, a batch size, an optimizer) fails now, before the earlier
   stages' training."""
+  if ctx.config.get("teacher_datasets"):
+    raise ValueError("teacher_datasets selects the teachers of stage=teachers only; stage=all "
+                     "(and check, which checks it) trains every teacher: leave teacher_datasets "
+                     "empty")
   for spec in [*specs.teachers(ctx), *specs.joints(ctx), *specs.students(ctx)]:
     spec.check_training(ctx.mesh)
 
@@ -26,9 +31,12 @@ def check_all(ctx) -> None:
 def run_check(ctx) -> None:
   """`check`: the checks `all` makes before training, and nothing else. A launcher that runs the
   stages one at a time (launch/seed_lanes.sh) checks each method's config this way first, so a
-  bad value in a later command does not cost the hours of the earlier ones."""
+  bad value in a later command does not cost the hours of the earlier ones. Prints the
+  configured datasets on stdout as `datasets: a,b,c`, which that launcher deals teachers from."""
   check_all(ctx)
   logging.info("config checked: every model `all` would train can be built; nothing trained")
+  if jax.process_index() == 0:
+    print(f"datasets: {','.join(ctx.names)}")
 
 
 def run_all(ctx) -> None:

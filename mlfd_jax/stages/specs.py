@@ -283,15 +283,25 @@ class _Source:
   what: str
 
 
-def student_datasets(ctx: RunContext) -> list[str]:
-  """`config.student_datasets` (comma string; empty: every dataset) in dataset order."""
-  wanted = [n.strip() for n in str(ctx.config.get("student_datasets", "") or "").split(",")
-            if n.strip()]
+def _selected_datasets(ctx: RunContext, key: str) -> list[str]:
+  """`config.<key>` (comma string; empty: every dataset) in dataset order."""
+  wanted = [n.strip() for n in str(ctx.config.get(key, "") or "").split(",") if n.strip()]
   for n in wanted:
     if n not in ctx.names:
-      raise ValueError(f"student_datasets has {n!r}, which is not a configured dataset; "
+      raise ValueError(f"{key} has {n!r}, which is not a configured dataset; "
                        f"valid: {', '.join(ctx.names)}")
   return [n for n in ctx.names if not wanted or n in wanted]
+
+
+def student_datasets(ctx: RunContext) -> list[str]:
+  """The datasets whose students `stage=students` trains (`config.student_datasets`)."""
+  return _selected_datasets(ctx, "student_datasets")
+
+
+def teacher_datasets(ctx: RunContext) -> list[str]:
+  """The datasets whose teachers `stage=teachers` trains (`config.teacher_datasets`), so that a
+  launcher can train a seed's teachers in several processes at once (launch/seed_lanes.sh)."""
+  return _selected_datasets(ctx, "teacher_datasets")
 
 
 def teachers_out(models: list[tuple[modelfn.ModelFn, int]]):

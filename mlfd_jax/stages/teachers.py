@@ -2,6 +2,8 @@
 
 Each teacher has its own architecture (`config.teachers.<dataset>`) and lands in
 `WORKDIR/teachers/<dataset>/`; its accuracies go to `results.json` as `teacher`.
+`config.teacher_datasets` trains some of them only (a teacher's seed and batches depend on its
+dataset alone, so teachers trained in separate processes are the ones one process would train).
 """
 
 from __future__ import annotations
@@ -35,5 +37,5 @@ def teacher_task(ctx, name: str) -> train.Task:
 
 def run(ctx) -> None:
   smoothing = float(ctx.config.teacher_train.label_smoothing)
-  for spec in specs.teachers(ctx):
+  for spec in [specs.teacher(ctx, name) for name in specs.teacher_datasets(ctx)]:
     common.train_and_report(ctx, spec, classifier_loss(spec.model, smoothing))
