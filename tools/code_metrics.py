@@ -10,6 +10,7 @@ while `config` is followed through `stage=eval` from main.run to results.json (s
 
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import pathlib
@@ -143,4 +144,10 @@ def main_(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  main_(sys.argv[1])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdir", help="the workdir of a finished demo run "
+                      "(python -m mlfd_jax.main --config=configs/digits.py:tiny --workdir=...)")
+  args = parser.parse_args()
+  if not os.path.isdir(args.workdir):
+    parser.error(f"no workdir at {args.workdir}")
+  main_(args.workdir)
