@@ -45,3 +45,35 @@ check_methods() {
     checked_datasets=$(sed -n 's/^datasets: //p' <<< "$out" | tail -n 1)
   done
 }
+
+# launch_usage SCRIPT THIRD: exits 2 with the usage line of seeds.sh (THIRD: N) or seed_lanes.sh
+# (THIRD: SEED).
+launch_usage() {
+  echo "$1: usage: launch/$1 CONFIG PREFIX $2 [--methods \"M ...\"] [--baseline_joint]" \
+       "[--lanes L] [--config.K=V ...]" >&2
+  exit 2
+}
+
+# parse_launch_options SCRIPT ARG...: the options seeds.sh and seed_lanes.sh share, in any order.
+# Sets `methods`, `baseline` and `lanes` (the caller's defaults stay where an option is absent)
+# and `overrides` (each --config.K=V, passed on to every command); exits 2 with one line on
+# anything else, before anything runs.
+parse_launch_options() {
+  local script=$1; shift
+  overrides=()
+  while [[ $# -gt 0 ]]; do
+    case $1 in
+      --methods|--lanes)
+        if [[ $# -lt 2 ]]; then echo "$script: $1 needs a value" >&2; exit 2; fi
+        if [[ $1 == --methods ]]; then methods=$2
+        elif [[ $2 =~ ^[1-9][0-9]*$ ]]; then lanes=$2
+        else echo "$script: --lanes needs a positive number of lanes; got $2" >&2; exit 2; fi
+        shift 2 ;;
+      --baseline_joint) baseline=1; shift ;;
+      --config.*=*) overrides+=("$1"); shift ;;
+      *) echo "$script: unknown option $1; valid: --methods \"M ...\", --baseline_joint," \
+              "--lanes L, --config.K=V" >&2
+         exit 2 ;;
+    esac
+  done
+}

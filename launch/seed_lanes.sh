@@ -23,16 +23,11 @@
 # on pinned arithmetic.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+if [[ $# -lt 3 ]]; then launch_usage seed_lanes.sh SEED; fi
 config=$1 prefix=$2 seed=$3; shift 3
 methods=mlfd baseline=0 lanes=$(nproc)
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --methods) methods=$2; shift 2 ;;
-    --baseline_joint) baseline=1; shift ;;
-    --lanes) lanes=$2; shift 2 ;;
-    *) break ;;
-  esac
-done
+parse_launch_options seed_lanes.sh "$@"
+set -- "${overrides[@]}"
 check_lanes seed_lanes.sh "$lanes"
 read -r -a method_list <<< "$methods"
 w="$prefix/seed$seed"

@@ -17,16 +17,11 @@
 # same way, and pair models only within a seed.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+if [[ $# -lt 3 ]]; then launch_usage seeds.sh N; fi
 config=$1 prefix=$2 n=$3; shift 3
 methods="" baseline=0 lanes=1
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --methods) methods=$2; shift 2 ;;
-    --baseline_joint) baseline=1; shift ;;
-    --lanes) lanes=$2; shift 2 ;;
-    *) break ;;
-  esac
-done
+parse_launch_options seeds.sh "$@"
+set -- "${overrides[@]}"
 
 run_seed() {  # seed, overrides...: every command of one seed, in order
   local s=$1 w="$prefix/seed$1"; shift

@@ -37,7 +37,8 @@ def _launch(tmp_path, argv, fail="", datasets="a"):
   env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "FAKE_LOG": str(log),
          "FAKE_FAIL": fail, "FAKE_DATASETS": datasets}
   proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-  calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
+  lines = log.read_text().splitlines() if log.exists() else []
+  calls = [line.split(" ", 1) for line in lines]
   return proc, [(cpus, cmd.replace(str(tmp_path), "T")) for cpus, cmd in calls]
 
 
@@ -348,6 +349,34 @@ def test_slurm_dry_run_and_run(tmp_path):
     assert (dry.returncode, dry.stdout) == (0, line + "\n")
     assert subprocess.run(cmd, cwd=ROOT, env=e).returncode == 0
     assert _calls(log)[-1] == line.split()
+
+
+VALID = '--methods "M ...", --baseline_joint, --lanes L, --config.K=V'
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["seeds.sh", "configs/x.py"], 'seeds.sh: usage: launch/seeds.sh CONFIG PREFIX N '
+     '[--methods "M ..."] [--baseline_joint] [--lanes L] [--config.K=V ...]'),
+    (["seeds.sh", "configs/x.py", "R", "2", "--method", "kd"],
+     f"seeds.sh: unknown option --method; valid: {VALID}"),
+    (["seed_lanes.sh", "configs/x.py", "R", "7", "--config.seed=7", "--lanes", "two"],
+     "seed_lanes.sh: --lanes needs a positive number of lanes; got two"),
+    (["seed_lanes.sh", "configs/x.py", "R", "7", "--methods"],
+     "seed_lanes.sh: --methods needs a value"),
+    (["seed_lanes.sh", "configs/x.py", "R", "7", "--config.seed", "7"],  # K=V, one word
+     f"seed_lanes.sh: unknown option --config.seed; valid: {VALID}"),
+])
+def test_seed_scripts_refuse_bad_options_in_one_line_before_anything_runs(tmp_path, argv, error):
+  proc, calls = _launch(tmp_path, [f"launch/{argv[0]}", *argv[1:]])
+  assert (proc.returncode, proc.stderr, calls) == (2, error + "\n", [])
+
+
+def test_seed_script_options_may_follow_the_overrides(tmp_path):
+  proc, calls = _launch(tmp_path, ["launch/seeds.sh", "configs/x.py", str(tmp_path / "r"), "1",
+                                   "--config.data_root=d", "--methods", "kd"])
+  assert proc.returncode == 0, proc.stderr
+  assert [c for _, c in _after_the_check(calls)] == [
+      *_seed_commands(0), "-m mlfd_jax.report T/r/seed0 --out T/r/report"]
 
 
 @pytest.mark.parametrize("script,error", [
