@@ -19,15 +19,31 @@
 # cores, with its log in PREFIX/ablations_seed<i>.log (see launch/seeds.sh on pinned arithmetic).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+if [[ $# -lt 3 ]]; then
+  echo "ablations.sh: usage: launch/ablations.sh CONFIG PREFIX N [--seeds \"S ...\"]" \
+       "[--lanes L] [--config.K=V ...]" >&2
+  exit 2
+fi
 config=$1 prefix=$2 n=$3; shift 3
-seeds=$(seq -s " " 0 $((n - 1))) lanes=1
-while [[ $# -gt 0 ]]; do
+if [[ ! $n =~ ^[1-9][0-9]*$ ]]; then
+  echo "ablations.sh: N needs a positive number of seeds; got $n" >&2; exit 2
+fi
+seeds=$(seq -s " " 0 $((n - 1))) lanes=1 overrides=()
+while [[ $# -gt 0 ]]; do  # options in any order; anything else fails here, before anything runs
   case $1 in
-    --seeds) seeds=$2; shift 2 ;;
-    --lanes) lanes=$2; shift 2 ;;
-    *) break ;;
+    --seeds|--lanes)
+      if [[ $# -lt 2 ]]; then echo "ablations.sh: $1 needs a value" >&2; exit 2; fi
+      if [[ $1 == --seeds ]]; then seeds=$2
+      elif [[ $2 =~ ^[1-9][0-9]*$ ]]; then lanes=$2
+      else echo "ablations.sh: --lanes needs a positive number of lanes; got $2" >&2; exit 2; fi
+      shift 2 ;;
+    --config.*=*) overrides+=("$1"); shift ;;
+    *) echo "ablations.sh: unknown option $1; valid: --seeds \"S ...\", --lanes L," \
+            "--config.K=V" >&2
+       exit 2 ;;
   esac
 done
+set -- "${overrides[@]}"
 ABLATIONS=(  # name and override, in the order they run
   "abl_per_dataset --config.joint.mode=per_dataset"
   "abl_fusion_stage4 --config.joint.fusion_level=stage4"
@@ -76,7 +92,7 @@ else
   done
   failed=0
   for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-  if ((failed)); then echo "a seed failed: see $prefix/ablations_seed*.log" >&2; exit 1; fi
+  if ((failed)); then echo "ablations.sh: a seed failed: see $prefix/ablations_seed*.log" >&2; exit 1; fi
 fi
 
 dirs=()

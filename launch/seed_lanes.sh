@@ -13,9 +13,11 @@
 #    which needs no teacher (PREFIX/seed<S>_bj). Each lane's teachers are then copied into
 #    PREFIX/seed<S>, where lane 0 trains the joint teacher.
 # 2. Each lane i > 0 gets a copy of that workdir, PREFIX/seed<S>_lane<i> (a workdir belongs to
-#    one run at a time), and the methods (default: mlfd; METHOD:NAME names the students NAME) are
-#    dealt to the lanes in turn: method k trains its students in lane k mod L, one lane's methods
-#    one after another.
+#    one run at a time). The students (one per method and dataset; methods default: mlfd;
+#    METHOD:NAME names the students NAME), in --methods order, are cut into L equal runs, one per
+#    lane (lane 0 takes the spare ones), so that no lane idles while another trains whole
+#    methods: 5 methods of 3 students in 2 lanes are 8 and 7 students, not 9 and 6. A lane trains
+#    its part of a method in one command (`--config.student_datasets` when it is not all of it).
 # 3. The report merges the workdirs into one run of seed S: PREFIX/report/results.{md,png} and
 #    PREFIX/report/seed<S>.results.json.
 # Each lane logs to PREFIX/seed<S>.lane<i>.log. Rerunning resumes or skips what is finished (a
@@ -118,8 +120,43 @@ if ((baseline && lanes == 1)); then
 fi
 wait_all "${other_pids[@]}" || fail "stage 1, the joint baseline"
 
+# The students, one per (method, dataset) in --methods order, cut into L runs of consecutive
+# students (lane 0 takes the spare ones); a lane trains its share of a method in one command.
+students=()  # "METHOD_INDEX DATASET"; an empty DATASET: all of the method's students
+for ((m = 0; m < ${#method_list[@]}; m++)); do
+  if ((${#datasets[@]} == 0)); then students+=("$m "); fi
+  for name in "${datasets[@]}"; do students+=("$m $name"); done
+done
+share_start() {  # lane -> the index of its first student
+  echo $(((${1} * ${#students[@]} + lanes - 1) / lanes))
+}
+
+method_run() {  # lane, dir, method index, its datasets here, overrides...: one students command
+  local lane=$1 dir=$2 entry=${method_list[$3]} names=$4; shift 4
+  local -a sflags=()
+  if [[ -n $names && $names != "${checked_datasets:-}" ]]; then
+    sflags=(--config.student_datasets="$names")
+  fi
+  echo "seed $seed: $entry${sflags[*]:+ (${names//,/, })} in lane $lane, $dir"
+  method_flags "$entry"
+  in_lane "$lane" "$dir" --config.stage=students "${mflags[@]}" "${sflags[@]}" "$@"
+}
+
+lane_students() {  # lane, dir, overrides...: the lane's share, one command per method, in order
+  local lane=$1 dir=$2 k m name current="" names=""; shift 2
+  for ((k = $(share_start "$lane"); k < $(share_start $((lane + 1))); k++)); do
+    read -r m name <<< "${students[k]}"
+    if [[ -n $current && $m != "$current" ]]; then
+      method_run "$lane" "$dir" "$current" "$names" "$@" || return 1
+      names=""
+    fi
+    current=$m names+="${names:+,}$name"
+  done
+  if [[ -n $current ]]; then method_run "$lane" "$dir" "$current" "$names" "$@"; fi
+}
+
 pids=() dirs=()
-for ((lane = 0; lane < lanes && lane < ${#method_list[@]}; lane++)); do
+for ((lane = 0; lane < lanes && $(share_start "$lane") < ${#students[@]}; lane++)); do
   dir=$(lane_dir "$lane")
   dirs+=("$dir")
   if ((lane > 0)) && [[ ! -d $dir ]]; then  # the teachers, joint teacher and compiled programs
@@ -128,13 +165,7 @@ for ((lane = 0; lane < lanes && lane < ${#method_list[@]}; lane++)); do
     if [[ -d $w/jax_cache ]]; then cp -r "$w/jax_cache" "$dir.tmp/"; fi
     mv "$dir.tmp" "$dir"
   fi
-  (  # this lane's methods, one after another
-    for ((k = lane; k < ${#method_list[@]}; k += lanes)); do
-      echo "seed $seed: ${method_list[k]} in lane $lane, $dir"
-      method_flags "${method_list[k]}"
-      in_lane "$lane" "$dir" --config.stage=students "${mflags[@]}" "$@"
-    done
-  ) &
+  lane_students "$lane" "$dir" "$@" &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid" || fail "a student method"; done

@@ -2,11 +2,13 @@
 
 Batches, augmentation and initialisation are functions of (seed, step), and XLA:CPU's results
 are fixed for a given machine (instruction set, usable cores), so the same command twice must
-give the same parameters and the same results.json (issue 10, fault 5). So does a teacher
-trained alone (`teacher_datasets`).
+give the same parameters and the same results.json (issue 10, fault 5). So do a teacher
+trained alone (`teacher_datasets`) and a student trained alone (`student_datasets`), as
+launch/seed_lanes.sh's lanes train them.
 """
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -69,4 +71,21 @@ def test_same_seed_same_everything_other_seed_other_parameters(tmp_path):
           == _results(a)["datasets"]["digits_b"]["teacher"])
   for x, y in zip(_params(alone / "teachers" / "digits_b"), _params(a / "teachers" / "digits_b"),
                   strict=True):
+    np.testing.assert_array_equal(x, y)
+
+  # So is a student trained on its own (`student_datasets`: a lane's part of a method) from the
+  # same teachers and joint teacher.
+  student = tmp_path / "digits_c_student"
+  student.mkdir()
+  for d in ("teachers", "joint"):
+    shutil.copytree(a / d, student / d)
+  shutil.copy(a / "results.json", student / "results.json")
+  config = digits.get_config("tiny")
+  config.stage, config.student_datasets = "students", "digits_c"
+  _run(config, student, 0)
+  assert sorted(p.name for p in (student / "students").iterdir()) == ["digits_c"]
+  assert (_results(student)["datasets"]["digits_c"]["student"]
+          == _results(a)["datasets"]["digits_c"]["student"])
+  for x, y in zip(_params(student / "students" / "digits_c"),
+                  _params(a / "students" / "digits_c"), strict=True):
     np.testing.assert_array_equal(x, y)

@@ -126,7 +126,7 @@ def test_ablations_lane_stops_at_a_failed_run(tmp_path):
       tmp_path, ["launch/ablations.sh", "configs/x.py", str(prefix), "2", "--lanes", "2"],
       fail="--config.joint.mode=per_dataset")
   assert proc.returncode == 1
-  assert proc.stderr == f"a seed failed: see {prefix}/ablations_seed*.log\n"
+  assert proc.stderr == f"ablations.sh: a seed failed: see {prefix}/ablations_seed*.log\n"
   for s in (0, 1):
     mine = [c for _, c in calls if f"seed{s} " in c + " "]
     # the default, mlfd_last, then the first ablation, which failed: nothing after it
@@ -174,9 +174,10 @@ def _seed_lanes(tmp_path, *args, fail="", datasets="a", teachers=("a",)):
 
 
 @needs_two_cores
-def test_seed_lanes_checks_every_method_then_spreads_them_over_the_lanes(tmp_path):
+def test_seed_lanes_checks_every_method_then_cuts_the_students_into_equal_lanes(tmp_path):
   proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd kd feed:feed_pre", "--baseline_joint",
-                            "--lanes", "2", "--config.data_root=d")
+                            "--lanes", "2", "--config.data_root=d", datasets="a,b,c",
+                            teachers=("a", "b", "c"))
   assert proc.returncode == 0, proc.stderr
   main = "-m mlfd_jax.main --config=configs/x.py --workdir=T/r/seed7"
   flags = "--config.seed=7"
@@ -186,20 +187,34 @@ def test_seed_lanes_checks_every_method_then_spreads_them_over_the_lanes(tmp_pat
                     "--config.data_root=d" for m in ("mlfd", "kd", feed_pre)]
   by_lane = {cpus: [c for p, c in calls[3:-1] if p == cpus] for cpus in ("0", "1")}
   students = "--config.stage=students --config.distill.method"
+  # 9 students in 2 lanes: 5 and 4, in --methods order, kd's cut between the lanes
   assert by_lane["0"] == [f"{main} {flags} --config.stage=teachers --config.data_root=d",
                           f"{main} {flags} --config.stage=joint --config.data_root=d",
                           f"{main} {flags} {students}=mlfd --config.data_root=d",
-                          f"{main} {flags} {students}={feed_pre} --config.data_root=d"]
+                          f"{main} {flags} {students}=kd --config.student_datasets=a,b "
+                          "--config.data_root=d"]
   assert by_lane["1"] == [f"{main}_bj {flags} --config.stage=baseline_joint --config.data_root=d",
-                          f"{main}_lane1 {flags} {students}=kd --config.data_root=d"]
+                          f"{main}_lane1 {flags} {students}=kd --config.student_datasets=c "
+                          "--config.data_root=d",
+                          f"{main}_lane1 {flags} {students}={feed_pre} --config.data_root=d"]
   # lane 1's students start after the joint teacher, from a copy of its workdir
   order = [c for _, c in calls]
   assert order.index(by_lane["1"][1]) > order.index(by_lane["0"][1])
   lane1 = tmp_path / "r" / "seed7_lane1"
   assert sorted(p.name for p in lane1.iterdir()) == ["joint", "results.json", "teachers"]
-  assert (lane1 / "teachers" / "a").is_dir()
+  assert sorted(p.name for p in (lane1 / "teachers").iterdir()) == ["a", "b", "c"]
   assert calls[-1][1] == ("-m mlfd_jax.report T/r/seed7 T/r/seed7_lane1 T/r/seed7_bj "
                           "--out T/r/report --runs_out T/r/report")
+
+
+@needs_two_cores
+def test_seed_lanes_leaves_a_lane_idle_only_when_there_are_fewer_students_than_lanes(tmp_path):
+  proc, calls = _seed_lanes(tmp_path, "--methods", "mlfd", "--lanes", "2")
+  assert proc.returncode == 0, proc.stderr
+  assert [(p, c.split("--config.stage=")[1]) for p, c in calls[1:-1]] == [
+      ("0", "teachers"), ("0", "joint"), ("0", "students --config.distill.method=mlfd")]
+  assert not (tmp_path / "r" / "seed7_lane1").exists()
+  assert calls[-1][1] == "-m mlfd_jax.report T/r/seed7 --out T/r/report --runs_out T/r/report"
 
 
 @needs_two_cores
@@ -377,6 +392,33 @@ def test_seed_script_options_may_follow_the_overrides(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert [c for _, c in _after_the_check(calls)] == [
       *_seed_commands(0), "-m mlfd_jax.report T/r/seed0 --out T/r/report"]
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["R"], 'ablations.sh: usage: launch/ablations.sh CONFIG PREFIX N [--seeds "S ..."] '
+     "[--lanes L] [--config.K=V ...]"),
+    (["R", "two"], "ablations.sh: N needs a positive number of seeds; got two"),
+    (["R", "2", "--lanes", "0"], "ablations.sh: --lanes needs a positive number of lanes; got 0"),
+    (["R", "2", "--seeds"], "ablations.sh: --seeds needs a value"),
+    (["R", "2", "--config.seed", "1"],  # K=V, one word; before, it went on to python
+     'ablations.sh: unknown option --config.seed; valid: --seeds "S ...", --lanes L, '
+     "--config.K=V"),
+])
+def test_ablations_refuses_bad_arguments_in_one_line_before_anything_runs(tmp_path, argv, error):
+  proc, calls = _launch(tmp_path, ["launch/ablations.sh", "configs/x.py", *argv])
+  assert (proc.returncode, proc.stderr, calls) == (2, error + "\n", [])
+
+
+def test_ablations_options_may_follow_the_overrides(tmp_path):
+  prefix = tmp_path / "r"
+  (prefix / "seed1" / "teachers").mkdir(parents=True)
+  proc, calls = _launch(tmp_path, ["launch/ablations.sh", "configs/x.py", str(prefix), "2",
+                                   "--config.data_root=d", "--seeds", "1"])
+  assert proc.returncode == 0, proc.stderr
+  assert len(calls) == 6 and all("seed1 --config.seed=1" in c for _, c in calls), calls
+  assert all(c.endswith("--config.data_root=d") for _, c in calls)
+  # seed 0 has not run, so the report waits
+  assert proc.stdout.endswith("the report waits for every seed\n")
 
 
 @pytest.mark.parametrize("script,error", [
