@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import platform
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -67,15 +68,21 @@ def machine() -> dict[str, Any]:
 
 
 def record(workdir: str, *, config_path: str, seed: int, dataset: str, num_classes: int,
-           model: str, entry: dict[str, Any]) -> None:
-  """Sets `datasets[dataset][model] = entry` and writes the file atomically (process 0 only)."""
+           model: str, entry: dict[str, Any], order: Sequence[str]) -> None:
+  """Sets `datasets[dataset][model] = entry` and writes the file atomically (process 0 only).
+
+  `datasets` is kept in `order` (the config's), whichever dataset was trained first: lanes
+  train a seed's teachers out of order, and reports list datasets as their files do."""
   if jax.process_index() != 0:
     return
   res = load(workdir)
   res["config"], res["seed"] = config_path, seed
-  ds = res.setdefault("datasets", {}).setdefault(dataset, {})
+  by_name = res.setdefault("datasets", {})
+  ds = by_name.setdefault(dataset, {})
   ds["num_classes"] = num_classes
   ds[model] = {**entry, "machine": machine()}
+  rank = {name: i for i, name in enumerate(order)}
+  res["datasets"] = dict(sorted(by_name.items(), key=lambda kv: rank.get(kv[0], len(rank))))
   fileio.write_json_atomic(path(workdir), res)
 
 

@@ -211,3 +211,22 @@ def test_runs_of_one_seed_from_two_configs_are_not_merged(runs, tmp_path):
                           "(c.py) are both seed 0 of different configs; tag one GROUP=PATH to "
                           "compare them")
   assert len(report.load_runs([s0, f"b4={tmp_path / 'b4'}"])) == 2
+
+
+def test_results_keep_the_configs_dataset_order_whatever_trained_first(tmp_path):
+  # launch/seed_lanes.sh trains a seed's teachers out of order (lane 0 the 1st and 3rd, lane 1
+  # the 2nd, copied in later); the file, and so the report's rows, stay in the config's order.
+  from mlfd_jax import results
+  w = str(tmp_path / "w")
+  (tmp_path / "w").mkdir()
+  order = ("tin3_0", "tin3_1", "tin3_2")
+  for name, model in [("tin3_0", "teacher"), ("tin3_2", "teacher"), ("tin3_1", "teacher"),
+                      ("tin3_0", "student")]:
+    results.record(w, config_path="c.py", seed=9, dataset=name, num_classes=10, model=model,
+                   entry=_entry(0.5), order=order)
+  saved = results.load(w)["datasets"]
+  assert list(saved) == list(order)
+  assert sorted(saved["tin3_0"]) == ["num_classes", "student", "teacher"]
+  md = open(report.write_report([w], str(tmp_path / "out"))["md"]).read()
+  rows = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| tin3_")]
+  assert rows[:3] == ["| tin3_0", "| tin3_1", "| tin3_2"]

@@ -44,7 +44,8 @@ def record_report(ctx: RunContext, spec: ModelSpec, ckpts: checkpoint.Checkpoint
                  entry["last"]["test_top1"])
     entry.update(spec.extra, saved_at=saved_at, overrides=list(ctx.overrides))
     results.record(ctx.workdir, config_path=ctx.config_path, seed=ctx.config.seed, dataset=name,
-                   num_classes=spec.num_classes[name], model=spec.results_key, entry=entry)
+                   num_classes=spec.num_classes[name], model=spec.results_key, entry=entry,
+                   order=ctx.names)
 
 
 def train_and_report(ctx: RunContext, spec: ModelSpec, loss,
