@@ -10,6 +10,11 @@
 #   STUDY_CONFIG=configs/tiny_imagenet_subsets.py:tiny,width=1.0 launch/gpu_study.sh /tmp/t 2
 # -> PREFIX/seed0 .. seed<N-1> and PREFIX/report/results.{md,png} (as launch/seeds.sh).
 set -euo pipefail
+if [[ $# -lt 2 || ! ${2:-} =~ ^[1-9][0-9]*$ ]]; then
+  echo "gpu_study.sh: usage: launch/gpu_study.sh PREFIX N [--config.K=V ...] (N: seeds, a" \
+       "positive number)" >&2
+  exit 2
+fi
 prefix=$1 n=$2; shift 2
 # Each process takes its share of the GPU's memory rather than JAX's default 75%.
 export XLA_PYTHON_CLIENT_MEM_FRACTION

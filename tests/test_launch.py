@@ -134,6 +134,15 @@ def test_ablations_lane_stops_at_a_failed_run(tmp_path):
   assert not any("report" in c for _, c in calls)
 
 
+@pytest.mark.parametrize("argv", [["R"], ["R", "two"], ["R", "0"]])
+def test_gpu_study_refuses_a_missing_or_bad_seed_count_in_one_line(tmp_path, argv):
+  # before: an unbound-variable error from bash, or seeds.sh run with N = two
+  proc, calls = _launch(tmp_path, ["launch/gpu_study.sh", *argv])
+  assert (proc.returncode, proc.stderr, calls) == (
+      2, "gpu_study.sh: usage: launch/gpu_study.sh PREFIX N [--config.K=V ...] (N: seeds, a "
+      "positive number)\n", [])
+
+
 @needs_two_cores
 def test_gpu_study_runs_its_seeds_side_by_side_with_a_share_of_the_gpu_each(tmp_path):
   proc, calls = _launch(tmp_path, ["launch/gpu_study.sh", str(tmp_path / "r"), "2",
