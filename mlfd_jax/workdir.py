@@ -150,25 +150,8 @@ class _ObjectLock:
     self._thread = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
     self._thread.start()
 
-  def _read(self) -> dict | None:
-    try:
-      return json.loads(fileio.read_text(self.path) or "{}")
-    except FileNotFoundError:
-      return None
-    except ValueError:
-      return {}
-
   def _current(self) -> dict | None:
-    """The lock's content. A read that does not parse is read again: a store may show an
-    object half-written while the holder's heartbeat rewrites it (the GCS emulator does), and
-    taking that for a dead lock would let a second run in. Junk that stays is what it was."""
-    current = self._read()
-    for _ in range(self.REREADS):
-      if current != {}:
-        break
-      time.sleep(self.REREAD_S)
-      current = self._read()
-    return current
+    return read_lock_object(self.path, self.REREADS, self.REREAD_S)
 
   def _write(self) -> None:
     fileio.write_atomic(self.path, json.dumps({**self.info, "heartbeat": time.time()}))
@@ -188,6 +171,30 @@ class _ObjectLock:
         fileio.remove(self.path)
     except OSError:
       pass
+
+
+def _read_object(path: str) -> dict | None:
+  try:
+    return json.loads(fileio.read_text(path) or "{}")
+  except FileNotFoundError:
+    return None
+  except ValueError:
+    return {}
+
+
+def read_lock_object(path: str, rereads: int = _ObjectLock.REREADS,
+                     reread_s: float = _ObjectLock.REREAD_S) -> dict | None:
+  """A bucket lock's content: None when there is none, {} when it does not parse. A read that
+  does not parse is read again: a store may show an object half-written while the holder's
+  heartbeat rewrites it (the GCS emulator does), and taking that for a dead lock would let a
+  second run in. Junk that stays is what it was."""
+  current = _read_object(path)
+  for _ in range(rereads):
+    if current != {}:
+      break
+    time.sleep(reread_s)
+    current = _read_object(path)
+  return current
 
 
 def _describe(info: dict) -> str:

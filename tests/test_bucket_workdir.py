@@ -121,10 +121,12 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs, monkey
   workdir = f"gs://{BUCKET}/locks/a"
   lock_file = epath.Path(workdir) / ".lock"
   with workdir_lib.Lock(workdir, command="first"):
-    held = json.loads(lock_file.read_text())
+    # Read as a second run reads it: the emulator can show the object half-rewritten by the
+    # heartbeat, which a plain read takes for junk (CI failed on that once).
+    held = workdir_lib.read_lock_object(str(lock_file), rereads=20)
     assert held["command"] == "first" and held["pid"] == os.getpid()
     time.sleep(0.6)  # the heartbeat renews it while the run lives
-    assert json.loads(lock_file.read_text())["heartbeat"] > held["heartbeat"]
+    assert workdir_lib.read_lock_object(str(lock_file), rereads=20)["heartbeat"] > held["heartbeat"]
     workdir_lib._HELD.clear()  # as if a second process tried
     with pytest.raises(workdir_lib.WorkdirInUse, match=r"^workdir gs://mlfd-test/locks/a is in "
                        r"use by another run \(pid \d+ on .+ since .+, alive \d+ s ago\); wait "
@@ -136,7 +138,7 @@ def test_bucket_lock_refuses_a_live_holder_and_takes_over_a_dead_one(gcs, monkey
   lock_file.write_text(json.dumps({"pid": 1, "host": "gone", "since": "then",
                                    "heartbeat": time.time() - workdir_lib.STALE_S - 1}))
   with workdir_lib.Lock(workdir, command="second"):
-    assert json.loads(lock_file.read_text())["command"] == "second"
+    assert workdir_lib.read_lock_object(str(lock_file), rereads=20)["command"] == "second"
   assert not lock_file.exists()
 
 
