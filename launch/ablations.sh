@@ -28,21 +28,8 @@ config=$1 prefix=$2 n=$3; shift 3
 if [[ ! $n =~ ^[1-9][0-9]*$ ]]; then
   echo "ablations.sh: N needs a positive number of seeds; got $n" >&2; exit 2
 fi
-seeds=$(seq -s " " 0 $((n - 1))) lanes=1 overrides=()
-while [[ $# -gt 0 ]]; do  # options in any order; anything else fails here, before anything runs
-  case $1 in
-    --seeds|--lanes)
-      if [[ $# -lt 2 ]]; then echo "ablations.sh: $1 needs a value" >&2; exit 2; fi
-      if [[ $1 == --seeds ]]; then seeds=$2
-      elif [[ $2 =~ ^[1-9][0-9]*$ ]]; then lanes=$2
-      else echo "ablations.sh: --lanes needs a positive number of lanes; got $2" >&2; exit 2; fi
-      shift 2 ;;
-    --config.*=*) overrides+=("$1"); shift ;;
-    *) echo "ablations.sh: unknown option $1; valid: --seeds \"S ...\", --lanes L," \
-            "--config.K=V" >&2
-       exit 2 ;;
-  esac
-done
+seeds=$(seq -s " " 0 $((n - 1))) lanes=1
+parse_launch_options ablations.sh "--seeds --lanes" "$@"
 set -- "${overrides[@]}"
 ABLATIONS=(  # name and override, in the order they run
   "abl_per_dataset --config.joint.mode=per_dataset"

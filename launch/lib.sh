@@ -54,26 +54,38 @@ launch_usage() {
   exit 2
 }
 
-# parse_launch_options SCRIPT ARG...: the options seeds.sh and seed_lanes.sh share, in any order.
-# Sets `methods`, `baseline` and `lanes` (the caller's defaults stay where an option is absent)
-# and `overrides` (each --config.K=V, passed on to every command); exits 2 with one line on
-# anything else, before anything runs.
+# parse_launch_options SCRIPT "OPTIONS" ARG...: the launch scripts' options, in any order.
+# OPTIONS names the ones SCRIPT takes, from --methods "M ..." (sets `methods`), --seeds "S ..."
+# (`seeds`), --baseline_joint (`baseline=1`) and --lanes L (`lanes`, a positive number); the
+# caller's defaults stay where an option is absent. Sets `overrides` (each --config.K=V, passed
+# on to every command); exits 2 with one line on anything else, before anything runs.
 parse_launch_options() {
-  local script=$1; shift
-  overrides=()
-  while [[ $# -gt 0 ]]; do
-    case $1 in
-      --methods|--lanes)
-        if [[ $# -lt 2 ]]; then echo "$script: $1 needs a value" >&2; exit 2; fi
-        if [[ $1 == --methods ]]; then methods=$2
-        elif [[ $2 =~ ^[1-9][0-9]*$ ]]; then lanes=$2
-        else echo "$script: --lanes needs a positive number of lanes; got $2" >&2; exit 2; fi
-        shift 2 ;;
-      --baseline_joint) baseline=1; shift ;;
-      --config.*=*) overrides+=("$1"); shift ;;
-      *) echo "$script: unknown option $1; valid: --methods \"M ...\", --baseline_joint," \
-              "--lanes L, --config.K=V" >&2
-         exit 2 ;;
+  local script=$1 allowed=" $2 " valid="" o; shift 2
+  for o in $allowed; do
+    case $o in
+      --methods) valid+='--methods "M ...", ' ;;
+      --seeds) valid+='--seeds "S ...", ' ;;
+      --lanes) valid+="--lanes L, " ;;
+      *) valid+="$o, " ;;
     esac
+  done
+  overrides=()
+  while (($#)); do
+    if [[ $1 == --config.*=* ]]; then overrides+=("$1"); shift; continue; fi
+    if [[ $1 == *" "* || $allowed != *" $1 "* ]]; then
+      echo "$script: unknown option $1; valid: ${valid}--config.K=V" >&2; exit 2
+    fi
+    if [[ $1 == --baseline_joint ]]; then baseline=1; shift; continue; fi
+    if (($# < 2)); then echo "$script: $1 needs a value" >&2; exit 2; fi
+    case $1 in
+      --methods) methods=$2 ;;
+      --seeds) seeds=$2 ;;
+      --lanes)
+        if [[ ! $2 =~ ^[1-9][0-9]*$ ]]; then
+          echo "$script: --lanes needs a positive number of lanes; got $2" >&2; exit 2
+        fi
+        lanes=$2 ;;
+    esac
+    shift 2
   done
 }

@@ -28,7 +28,7 @@ set -euo pipefail
 if [[ $# -lt 3 ]]; then launch_usage seed_lanes.sh SEED; fi
 config=$1 prefix=$2 seed=$3; shift 3
 methods=mlfd baseline=0 lanes=$(nproc)
-parse_launch_options seed_lanes.sh "$@"
+parse_launch_options seed_lanes.sh "--methods --baseline_joint --lanes" "$@"
 set -- "${overrides[@]}"
 check_lanes seed_lanes.sh "$lanes"
 read -r -a method_list <<< "$methods"

@@ -20,7 +20,7 @@ set -euo pipefail
 if [[ $# -lt 3 ]]; then launch_usage seeds.sh N; fi
 config=$1 prefix=$2 n=$3; shift 3
 methods="" baseline=0 lanes=1
-parse_launch_options seeds.sh "$@"
+parse_launch_options seeds.sh "--methods --baseline_joint --lanes" "$@"
 set -- "${overrides[@]}"
 
 run_seed() {  # seed, overrides...: every command of one seed, in order

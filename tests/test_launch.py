@@ -412,6 +412,11 @@ def test_seed_script_options_may_follow_the_overrides(tmp_path):
     (["R", "2", "--config.seed", "1"],  # K=V, one word; before, it went on to python
      'ablations.sh: unknown option --config.seed; valid: --seeds "S ...", --lanes L, '
      "--config.K=V"),
+    (["R", "2", "--methods", "kd"],  # the seed scripts' option, not this one's
+     'ablations.sh: unknown option --methods; valid: --seeds "S ...", --lanes L, --config.K=V'),
+    (["R", "2", "--seeds --lanes", "2"],  # two option names quoted as one word
+     'ablations.sh: unknown option --seeds --lanes; valid: --seeds "S ...", --lanes L, '
+     "--config.K=V"),
 ])
 def test_ablations_refuses_bad_arguments_in_one_line_before_anything_runs(tmp_path, argv, error):
   proc, calls = _launch(tmp_path, ["launch/ablations.sh", "configs/x.py", *argv])
