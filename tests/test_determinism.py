@@ -62,30 +62,27 @@ def test_same_seed_same_everything_other_seed_other_parameters(tmp_path):
 
   # A teacher trained on its own (`teacher_datasets`, as launch/seed_lanes.sh's lanes train a
   # seed's teachers in separate processes) is the one the whole stage trains.
-  alone = tmp_path / "digits_b_alone"
-  config = digits.get_config("tiny")
-  config.stage, config.teacher_datasets = "teachers", "digits_b"
-  _run(config, alone, 0)
-  assert sorted(p.name for p in (alone / "teachers").iterdir()) == ["digits_b"]
-  assert (_results(alone)["datasets"]["digits_b"]["teacher"]
-          == _results(a)["datasets"]["digits_b"]["teacher"])
-  for x, y in zip(_params(alone / "teachers" / "digits_b"), _params(a / "teachers" / "digits_b"),
-                  strict=True):
-    np.testing.assert_array_equal(x, y)
-
+  _assert_alone_matches_whole(a, tmp_path / "digits_b_alone", "teachers", "digits_b")
   # So is a student trained on its own (`student_datasets`: a lane's part of a method) from the
   # same teachers and joint teacher.
-  student = tmp_path / "digits_c_student"
-  student.mkdir()
-  for d in ("teachers", "joint"):
-    shutil.copytree(a / d, student / d)
-  shutil.copy(a / "results.json", student / "results.json")
+  _assert_alone_matches_whole(a, tmp_path / "digits_c_student", "students", "digits_c")
+
+
+def _assert_alone_matches_whole(whole, alone, stage, name):
+  """Train `name` alone in stage `stage` (a student from a copy of `whole`'s teachers and joint
+  teacher) and require its results entry and parameters to equal those of the run `whole`."""
+  entry = {"teachers": "teacher", "students": "student"}[stage]
+  alone.mkdir()
+  if stage == "students":
+    for d in ("teachers", "joint"):
+      shutil.copytree(whole / d, alone / d)
+    shutil.copy(whole / "results.json", alone / "results.json")
+  from configs import digits
   config = digits.get_config("tiny")
-  config.stage, config.student_datasets = "students", "digits_c"
-  _run(config, student, 0)
-  assert sorted(p.name for p in (student / "students").iterdir()) == ["digits_c"]
-  assert (_results(student)["datasets"]["digits_c"]["student"]
-          == _results(a)["datasets"]["digits_c"]["student"])
-  for x, y in zip(_params(student / "students" / "digits_c"),
-                  _params(a / "students" / "digits_c"), strict=True):
-    np.testing.assert_array_equal(x, y)
+  config.stage = stage
+  config[f"{entry}_datasets"] = name
+  _run(config, alone, 0)
+  assert sorted(p.name for p in (alone / stage).iterdir()) == [name]
+  assert _results(alone)["datasets"][name][entry] == _results(whole)["datasets"][name][entry]
+  for x, y in zip(_params(alone / stage / name), _params(whole / stage / name), strict=True):
+    np.testing.assert_array_equal(x, y, err_msg=f"{stage}/{name} alone")
