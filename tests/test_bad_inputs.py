@@ -93,8 +93,12 @@ CONFIG_VALUES = [
      "feed, feed_seq, kd, mlfd, mlfd_last"),
     (["--config.joint.fusion_level=stage7"], None),  # message checked below
     (["--config.teacher_datasets=digits_b"],
-     "teacher_datasets selects the teachers of stage=teachers only; stage=all (and check, which "
-     "checks it) trains every teacher: leave teacher_datasets empty"),
+     "teacher_datasets selects the teachers of stage=teachers only; stage=all would ignore it: "
+     "leave teacher_datasets empty"),
+    # before, the joint teacher trained from every teacher as if the key were not there
+    (["--config.stage=joint", "--config.teacher_datasets=digits_b"],
+     "teacher_datasets selects the teachers of stage=teachers only; stage=joint would ignore "
+     "it: leave teacher_datasets empty"),
     (["--config.stage=teachers", "--config.teacher_datasets=digits_b,digit_c"],
      "teacher_datasets has 'digit_c', which is not a configured dataset; valid: digits_a, "
      "digits_b, digits_c"),

@@ -20,10 +20,6 @@ def check_all(ctx) -> None:
   """Builds the spec of every model `all` trains: a bad value in a later stage's block
   (a method, a level, a model, a batch size, an optimizer) fails now, before the earlier
   stages' training."""
-  if ctx.config.get("teacher_datasets"):
-    raise ValueError("teacher_datasets selects the teachers of stage=teachers only; stage=all "
-                     "(and check, which checks it) trains every teacher: leave teacher_datasets "
-                     "empty")
   for spec in [*specs.teachers(ctx), *specs.joints(ctx), *specs.students(ctx)]:
     spec.check_training(ctx.mesh)
 
@@ -49,7 +45,19 @@ def run_all(ctx) -> None:
   evaluate.evaluate_workdir(ctx, force=False)
 
 
-for _module in (teachers, joint, students, baselines, evaluate):
-  STAGES.add(_module.STAGE, _module.run)
-STAGES.add("all", run_all)
-STAGES.add("check", run_check)
+def _without_teacher_datasets(name: str, run):
+  """Stage `name`'s run, refusing `teacher_datasets`: it selects stage=teachers' teachers and
+  nothing else, and a stage that ignored it (all trains every teacher, joint and eval use every
+  one) would do other than the command says."""
+  def checked(ctx) -> None:
+    if ctx.config.get("teacher_datasets"):
+      raise ValueError(f"teacher_datasets selects the teachers of stage=teachers only; "
+                       f"stage={name} would ignore it: leave teacher_datasets empty")
+    run(ctx)
+  return checked
+
+
+STAGES.add(teachers.STAGE, teachers.run)
+for _name, _run in [(m.STAGE, m.run) for m in (joint, students, baselines, evaluate)] + [
+    ("all", run_all), ("check", run_check)]:
+  STAGES.add(_name, _without_teacher_datasets(_name, _run))
