@@ -220,8 +220,9 @@ def format_pair_summary(values: dict, pairs: list[tuple[str, str]], title: str) 
 
 def default_pairs(values: dict, extra: Iterable[tuple[str, str]] = (),
                   base: str = "individual") -> list[tuple[str, str]]:
-  """Every method against `base`, then the `extra` comparisons in the order given."""
-  return [(m, base) for m in methods_of(values) if m != base] + list(extra)
+  """Every method against `base`, then the `extra` comparisons in the order given, each once."""
+  pairs = [(m, base) for m in methods_of(values) if m != base] + list(extra)
+  return list(dict.fromkeys(pairs))
 
 
 def format_per_run(values: dict, title: str, *, signed: bool = False) -> str:

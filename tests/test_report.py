@@ -146,11 +146,12 @@ def test_paired_summary_pools_pairs_and_treats_each_run_as_one_unit(tmp_path):
   # an extra comparison given on the command line; a column no run holds gives no row
   out = tmp_path / "cli"
   assert report.main([*runs, "--out", str(out), "--pair", "individual", "mlfd",
-                      "--pair", "kd", "mlfd"]) == 0
+                      "--pair", "kd", "mlfd", "--pair", "mlfd", "individual"]) == 0
   best = open(out / "results.md").read().split(
       "### Paired summary over (dataset, run) pairs, best")[1].split("###")[0]
   assert "| individual − mlfd | 6 | 1 / 1 / 4 | -2.00 ± 2.83 |" in best
   assert "kd − mlfd" not in best
+  assert best.count("| mlfd − individual |") == 1  # a default comparison asked for again
 
 
 def _copy_with(path, run_dir, extra):
