@@ -211,8 +211,13 @@ def format_pair_summary(values: dict, pairs: list[tuple[str, str]], title: str) 
       continue
     spread = f" ± {100 * s['std']:.2f}" if s["pairs"] > 1 else ""
     runs = ", ".join(f"{r} {100 * m:+.2f}" for r, m in s["run_means"].items())
-    t = (f"{100 * s['mean_of_runs']:+.2f} ± {100 * s['se']:.2f}, t = {s['t']:.1f} ({s['df']})"
-         if s["t"] is not None else "—")
+    of_runs = f"{100 * s['mean_of_runs']:+.2f} ± {100 * s['se']:.2f}"
+    if s["df"] == 0:
+      t = "one run: no spread to test"
+    elif s["t"] is None:
+      t = f"{of_runs}: every run's mean alike, no t"
+    else:
+      t = f"{of_runs}, t = {s['t']:.1f} ({s['df']})"
     lines.append(f"| {a} − {b} | {s['pairs']} | {s['above']} / {s['level']} / {s['below']} | "
                  f"{100 * s['mean']:+.2f}{spread} | {runs} | {t} |")
   return "\n".join(lines) + "\n"

@@ -154,6 +154,23 @@ def test_paired_summary_pools_pairs_and_treats_each_run_as_one_unit(tmp_path):
   assert best.count("| mlfd − individual |") == 1  # a default comparison asked for again
 
 
+def test_paired_summary_says_why_it_gives_no_t(tmp_path):
+  def run(seed, student):
+    return _write(tmp_path / f"s{seed}_{student}", seed, {"a": {
+        "num_classes": 2, "teacher": _entry(.50),
+        "student": {**_entry(student), "method": "mlfd", "levels": "all"}}})
+  def row(runs):
+    md = open(report.write_report(runs, str(tmp_path / f"out{len(runs)}"))["md"]).read()
+    best = md.split("### Paired summary over (dataset, run) pairs, best")[1].split("###")[0]
+    return [line for line in best.splitlines() if line.startswith("| mlfd − individual |")]
+  # Both seeds +2: the runs' means agree exactly, so their standard error is 0 and t undefined.
+  assert row([run(0, .52), run(1, .52)]) == [
+      "| mlfd − individual | 2 | 2 / 0 / 0 | +2.00 ± 0.00 | seed0 +2.00, seed1 +2.00 | "
+      "+2.00 ± 0.00: every run's mean alike, no t |"]
+  assert row([run(0, .54)]) == [
+      "| mlfd − individual | 1 | 1 / 0 / 0 | +4.00 | seed0 +4.00 | one run: no spread to test |"]
+
+
 def _copy_with(path, run_dir, extra):
   """A copy of `run_dir`'s results.json with `extra` models added to its mnist entry: a seed's
   second workdir, copied from the first before other methods trained in it."""
