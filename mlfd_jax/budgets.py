@@ -6,13 +6,17 @@ r"""Accuracy against training budget: does a gap close as every model trains lon
 Each argument is `STEPS=WORKDIR` (or `STEPS=results.json`): one run (one seed) made at that
 budget. For every dataset, `budgets.md` gives each model's test top-1 per budget (mean ± std,
 and each seed's value) and the paired per-seed difference of each compared model to `base`
-(default `individual`); `budgets.png` draws the same: one panel per dataset with every model's
-mean against steps (dots: the seeds), and one panel of the paired differences with a zero line.
+(default `individual`), then how that difference changes from one budget to a longer one on the
+same seed (does a lead grow or shrink with training?), per dataset and pooled over datasets
+with each seed one unit; `budgets.png` draws the first two: one panel per dataset with every
+model's mean against steps (dots: the seeds), and one panel of the paired differences with a
+zero line.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 import numpy as np
@@ -61,6 +65,47 @@ def differences(values: dict, base: str) -> dict[str, dict[str, dict[int, dict[s
   return out
 
 
+def changes(diffs: dict) -> dict[str, dict[str, dict[tuple[int, int], dict[str, float]]]]:
+  """{dataset: {model: {(steps, more steps): {seed: difference there - difference here}}}},
+  for every two budgets, over the seeds that hold both: a seed's pairs at two budgets share
+  the seed, so the change is paired too."""
+  out: dict[str, dict[str, dict[tuple[int, int], dict[str, float]]]] = {}
+  for dataset, row in diffs.items():
+    for model, by_steps in row.items():
+      steps = sorted(by_steps)
+      for lo, hi in itertools.combinations(steps, 2):
+        common = [s for s in by_steps[lo] if s in by_steps[hi]]
+        if common:
+          out.setdefault(dataset, {}).setdefault(model, {})[(lo, hi)] = {
+              s: by_steps[hi][s] - by_steps[lo][s] for s in common}
+  return out
+
+
+def pooled_changes(change: dict) -> dict[str, dict[tuple[int, int], dict[str, float]]]:
+  """{model: {(steps, more steps): {seed: mean change over the datasets that seed holds}}}:
+  the datasets of one seed share its teachers' data order, so the seed is the unit."""
+  lists: dict[str, dict[tuple[int, int], dict[str, list[float]]]] = {}
+  for row in change.values():
+    for model, by_pair in row.items():
+      for pair, by_seed in by_pair.items():
+        for seed, value in by_seed.items():
+          lists.setdefault(model, {}).setdefault(pair, {}).setdefault(seed, []).append(value)
+  return {model: {pair: {seed: float(np.mean(v)) for seed, v in sorted(by_seed.items())}
+                  for pair, by_seed in by_pair.items()} for model, by_pair in lists.items()}
+
+
+def _t_summary(by_seed: dict[str, float]) -> str:
+  """mean ± standard error over the seeds, and t on seeds − 1 degrees of freedom."""
+  values = np.asarray(list(by_seed.values()), np.float64)
+  if values.size < 2:
+    return f"{100 * values.mean():+.2f} (one seed: no spread to test)"
+  se = values.std(ddof=1) / np.sqrt(values.size)
+  text = f"{100 * values.mean():+.2f} ± {100 * se:.2f}"
+  if se == 0:
+    return text + ": every seed alike, no t"
+  return text + f", t = {values.mean() / se:.1f} ({values.size - 1})"
+
+
 def _summary(by_seed: dict[str, float], signed: bool) -> str:
   mu, sd = report.mean_std(list(by_seed.values()))
   fmt = "{:+.2f}" if signed else "{:.2f}"
@@ -70,7 +115,7 @@ def _summary(by_seed: dict[str, float], signed: bool) -> str:
   return text + f" (n={len(by_seed)})"
 
 
-def format_markdown(values: dict, diffs: dict, base: str) -> str:
+def format_markdown(values: dict, diffs: dict, base: str, change: dict | None = None) -> str:
   seeds = sorted({s for row in values.values() for m in row.values() for b in m.values()
                   for s in b})
   head = ["| dataset | model | steps | mean ± std | " + " | ".join(seeds) + " |",
@@ -91,6 +136,18 @@ def format_markdown(values: dict, diffs: dict, base: str) -> str:
   lines += rows(values, False, lambda m: m)
   lines += ["", f"## Paired difference to `{base}` (same seed and budget), points", "", *head]
   lines += rows(diffs, True, lambda m: f"{m} − {base}")
+  if change:
+    lines += ["", f"## Change of each difference to `{base}` from one budget to a longer one "
+              "(same seed), points", "", *head]
+    lines += rows({d: {m: {f"{lo} → {hi}": v for (lo, hi), v in by_pair.items()}
+                       for m, by_pair in row.items()} for d, row in change.items()},
+                  True, lambda m: f"{m} − {base}")
+    lines += ["", "Pooled over the datasets, each seed one unit (its datasets' mean change):",
+              "", "| comparison | steps | per seed | mean ± se, t (df) |", "|---|---|---|---|"]
+    for model, by_pair in pooled_changes(change).items():
+      for (lo, hi), by_seed in by_pair.items():
+        per_seed = ", ".join(f"{s} {100 * v:+.2f}" for s, v in by_seed.items())
+        lines.append(f"| {model} − {base} | {lo} → {hi} | {per_seed} | {_t_summary(by_seed)} |")
   return "\n".join(lines) + "\n"
 
 
@@ -149,7 +206,7 @@ def write(specs: list[str], out: str, models: tuple[str, ...], base: str) -> dic
   diffs = differences(values, base)
   fileio.makedirs(out)
   files = {"md": fileio.join(out, "budgets.md"), "png": fileio.join(out, "budgets.png")}
-  fileio.write_atomic(files["md"], format_markdown(values, diffs, base))
+  fileio.write_atomic(files["md"], format_markdown(values, diffs, base, changes(diffs)))
   plot(values, diffs, base, files["png"])
   return files
 

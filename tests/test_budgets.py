@@ -31,6 +31,35 @@ def test_values_and_paired_differences_per_budget(tmp_path):
   assert open(files["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_change_of_the_difference_between_budgets_is_paired_by_seed(tmp_path):
+  def run(name, seed, a, b):  # a, b: (teacher, student) on datasets a and b
+    path = tmp_path / name
+    path.mkdir()
+    entry = lambda v: {"val_top1": v, "test_top1": v, "test_top5": 1.0}
+    (path / "results.json").write_text(json.dumps({"config": "c.py", "seed": seed, "datasets": {
+        name: {"num_classes": 10, "teacher": entry(t),
+               "student": {**entry(st), "method": "mlfd", "levels": "all"}}
+        for name, (t, st) in (("a", a), ("b", b))}}))
+    return str(path)
+  # mlfd - individual: seed 0 a +2 -> +1, b +4 -> +1 (changes -1, -3: mean -2);
+  # seed 1 a +1 -> +1, b +0 -> +2 (changes 0, +2: mean +1); seed 2 only at 2400: no change.
+  specs = [f"2400={run('s0', 0, (.50, .52), (.60, .64))}",
+           f"2400={run('s1', 1, (.50, .51), (.60, .60))}",
+           f"2400={run('s2', 2, (.50, .55), (.60, .65))}",
+           f"4800={run('l0', 0, (.60, .61), (.70, .71))}",
+           f"4800={run('l1', 1, (.60, .61), (.70, .72))}"]
+  md = open(budgets.write(specs, str(tmp_path / "out"), ("individual", "mlfd"),
+                          "individual")["md"]).read()
+  change = md.split("## Change of each difference")[1]
+  assert "| a | mlfd − individual | 2400 → 4800 | -0.50 ± 0.71 (0 of 2 > 0) | -1.00 | +0.00 | — |" \
+      in change
+  assert "| b | mlfd − individual | 2400 → 4800 | -0.50 ± 3.54 (1 of 2 > 0) | -3.00 | +2.00 | — |" \
+      in change
+  # pooled: seed means -2 and +1: mean -0.5, se 1.5, t = -0.3 on 1 df
+  assert ("| mlfd − individual | 2400 → 4800 | seed0 -2.00, seed1 +1.00 | "
+          "-0.50 ± 1.50, t = -0.3 (1) |") in change
+
+
 def test_bad_argument_is_one_line(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "mlfd_jax.budgets", "runs/x", "--out",
                          str(tmp_path / "out")], capture_output=True, text=True)
