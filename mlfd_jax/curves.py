@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from mlfd_jax import fileio
+from mlfd_jax import fileio, logs
 
 STAGE_LABELS = {"teachers": "individual", "joint": "joint_teacher",
                 "baseline_joint": "baseline_joint", "students": "mlfd"}
@@ -31,20 +31,6 @@ def label_of(stage_dir: str) -> str:
   return stage_dir
 
 
-def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value)]} of the scalars (logs.py writes them as tensors) in one event directory."""
-  from tensorboard.backend.event_processing import event_accumulator as ea
-  from tensorboard.util import tensor_util
-
-  acc = ea.EventAccumulator(event_dir, size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
-  acc.Reload()
-  out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-  for tag in acc.Tags()["tensors"]:
-    out[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
-                for e in acc.Tensors(tag)]
-  return out
-
-
 def collect(workdirs: list[str]) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
   """{dataset: {model label: [validation curve of each workdir]}}."""
   table: dict[str, dict[str, list]] = {}
@@ -54,7 +40,7 @@ def collect(workdirs: list[str]) -> dict[str, dict[str, list[list[tuple[int, flo
       raise FileNotFoundError(f"no TensorBoard files at {root}")
     for stage in fileio.listdir(root):
       for name in fileio.listdir(fileio.join(root, stage)):
-        scalars = read_scalars(fileio.join(root, stage, name))
+        scalars = logs.read_scalars(fileio.join(root, stage, name))
         per_head = {t.split("/", 1)[1]: v for t, v in scalars.items()
                     if t.startswith("val_top1/")}
         curves = per_head or ({name: scalars["val_top1"]} if "val_top1" in scalars else {})

@@ -93,6 +93,10 @@ def read_text(p: str) -> str:
   return epath.Path(p).read_text()
 
 
+def read_bytes(p: str) -> bytes:
+  return epath.Path(p).read_bytes()
+
+
 def write_atomic(p: str, data: str | bytes) -> None:
   """Writes a file so that a crash leaves either the old or the new one, never half of one."""
   if is_url(p):
