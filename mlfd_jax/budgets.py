@@ -159,8 +159,10 @@ def plot(values: dict, diffs: dict, base: str, path: str) -> None:
   datasets = sorted(values)
   models = report.methods_of(values)
   colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+  n_diffs = sum(len(row) for row in diffs.values())
+  rows = -(-n_diffs // max(len(diffs), 1))  # the differences' legend: one column a dataset
   fig, axes = plt.subplots(1, len(datasets) + 1, squeeze=False,
-                           figsize=(4.2 * (len(datasets) + 1), 3.8))
+                           figsize=(4.2 * (len(datasets) + 1), 3.8 + 0.2 * rows))
 
   def draw(ax, by_steps, color, label, style="-", offset=0.0):
     steps = sorted(by_steps)
@@ -192,9 +194,13 @@ def plot(values: dict, diffs: dict, base: str, path: str) -> None:
     ax.minorticks_off()
     ax.set_xlabel("steps per model")
     ax.grid(alpha=0.3)
+  for ax in axes[0][:-1]:
     ax.legend(fontsize=7)
+  # Below the panels, so that it hides none of the differences it names.
+  fig.legend(*axes[0][-1].get_legend_handles_labels(), fontsize=7, loc="lower center",
+             ncol=max(len(diffs), 1))
   fig.suptitle("test top-1 against training budget (line: mean over seeds; dots: each seed)")
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.2 * rows / (3.8 + 0.2 * rows) + 0.02, 1, 1))
   fileio.save_figure(fig, path, dpi=110)
   plt.close(fig)
 
