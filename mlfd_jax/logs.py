@@ -2,11 +2,12 @@
 and `read_scalars`, which reads such files back.
 
 The event files are written and read with the `tensorboard` package's protos and record
-format, not through TensorFlow (nor TensorBoard's EventAccumulator, which imports it): importing TensorFlow costs about 6 s of CPU per process (measured: a
-`configs/digits.py:tiny` run took 40.5 s of user CPU with clu's TensorFlow writer, 32.6 s
-without), and nothing else in a run on in-memory data needs it. Files go through `fileio`, so a
-`gs://` workdir gets them too. Kept apart from the training loop so the compute core runs where
-TensorBoard is missing (the GPU benchmark machine): `make_writer` falls back to logging only.
+format, not through TensorFlow (nor TensorBoard's EventAccumulator, which imports it):
+importing TensorFlow costs about 6 s of CPU per process (measured: a `configs/digits.py:tiny`
+run took 40.5 s of user CPU with clu's TensorFlow writer, 32.6 s without), and nothing else
+in a run on in-memory data needs it. Files go through `fileio`, so a `gs://` workdir gets them
+too. Kept apart from the training loop so the compute core runs where TensorBoard is missing
+(the GPU benchmark machine): `make_writer` falls back to logging only.
 """
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
       for value in event.summary.value:
         if value.HasField("simple_value"):
           number = float(value.simple_value)
-        elif value.HasField("tensor") and tensor_util.make_ndarray(value.tensor).size == 1:
-          number = float(tensor_util.make_ndarray(value.tensor).reshape(()))
+        elif value.HasField("tensor"):
+          array = tensor_util.make_ndarray(value.tensor)
+          if array.size != 1:
+            continue
+          number = float(array.reshape(()))
         else:
           continue
         by_tag.setdefault(value.tag, {})[int(event.step)] = number
