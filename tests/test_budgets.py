@@ -51,10 +51,10 @@ def test_change_of_the_difference_between_budgets_is_paired_by_seed(tmp_path):
   md = open(budgets.write(specs, str(tmp_path / "out"), ("individual", "mlfd"),
                           "individual")["md"]).read()
   change = md.split("## Change of each difference")[1]
-  assert "| a | mlfd − individual | 2400 → 4800 | -0.50 ± 0.71 (0 of 2 > 0) | -1.00 | +0.00 | — |" \
-      in change
-  assert "| b | mlfd − individual | 2400 → 4800 | -0.50 ± 3.54 (1 of 2 > 0) | -3.00 | +2.00 | — |" \
-      in change
+  assert ("| a | mlfd − individual | 2400 → 4800 | -0.50 ± 0.71 (0 of 2 > 0) | "
+          "-1.00 | +0.00 | — |") in change
+  assert ("| b | mlfd − individual | 2400 → 4800 | -0.50 ± 3.54 (1 of 2 > 0) | "
+          "-3.00 | +2.00 | — |") in change
   # pooled: seed means -2 and +1: mean -0.5, se 1.5, t = -0.3 on 1 df
   assert ("| mlfd − individual | 2400 → 4800 | seed0 -2.00, seed1 +1.00 | "
           "-0.50 ± 1.50, t = -0.3 (1) |") in change
