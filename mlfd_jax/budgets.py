@@ -94,18 +94,6 @@ def pooled_changes(change: dict) -> dict[str, dict[tuple[int, int], dict[str, fl
                   for pair, by_seed in by_pair.items()} for model, by_pair in lists.items()}
 
 
-def _t_summary(by_seed: dict[str, float]) -> str:
-  """mean ± standard error over the seeds, and t on seeds − 1 degrees of freedom."""
-  values = np.asarray(list(by_seed.values()), np.float64)
-  if values.size < 2:
-    return f"{100 * values.mean():+.2f} (one seed: no spread to test)"
-  se = values.std(ddof=1) / np.sqrt(values.size)
-  text = f"{100 * values.mean():+.2f} ± {100 * se:.2f}"
-  if se == 0:
-    return text + ": every seed alike, no t"
-  return text + f", t = {values.mean() / se:.1f} ({values.size - 1})"
-
-
 def _summary(by_seed: dict[str, float], signed: bool) -> str:
   mu, sd = report.mean_std(list(by_seed.values()))
   fmt = "{:+.2f}" if signed else "{:.2f}"
@@ -147,7 +135,8 @@ def format_markdown(values: dict, diffs: dict, base: str, change: dict | None = 
     for model, by_pair in pooled_changes(change).items():
       for (lo, hi), by_seed in by_pair.items():
         per_seed = ", ".join(f"{s} {100 * v:+.2f}" for s, v in by_seed.items())
-        lines.append(f"| {model} − {base} | {lo} → {hi} | {per_seed} | {_t_summary(by_seed)} |")
+        summary = report.format_mean_se_t(list(by_seed.values()))
+        lines.append(f"| {model} − {base} | {lo} → {hi} | {per_seed} | {summary} |")
   return "\n".join(lines) + "\n"
 
 

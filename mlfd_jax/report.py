@@ -178,8 +178,8 @@ def paired_differences(values: dict[str, dict[str, dict[str, float]]], base: str
 def pair_summary(values: dict[str, dict[str, dict[str, float]]], a: str, b: str
                  ) -> dict | None:
   """a − b over every (dataset, run) pair that holds both: the pairs' count, signs, mean and
-  std, each run's mean, the mean of those and its standard error, and t = that mean / its
-  standard error, with runs − 1 degrees of freedom; None when no pair holds both."""
+  std, and each run's mean (the independent units: `format_mean_se_t`); None when no pair
+  holds both."""
   by_run: dict[str, list[float]] = {}
   for row in values.values():
     if a in row and b in row:
@@ -191,13 +191,22 @@ def pair_summary(values: dict[str, dict[str, dict[str, float]]], a: str, b: str
     return None
   tol = 1e-9  # accuracies are multiples of 1/N: a level pair is an exact tie up to rounding
   run_means = {r: float(np.mean(ds)) for r, ds in sorted(by_run.items())}
-  means = np.asarray(list(run_means.values()))
-  se = float(means.std(ddof=1) / np.sqrt(means.size)) if means.size > 1 else 0.0
   return {"pairs": int(pairs.size), "above": int((pairs > tol).sum()),
           "level": int((np.abs(pairs) <= tol).sum()), "below": int((pairs < -tol).sum()),
           "mean": float(pairs.mean()), "std": float(pairs.std(ddof=1)) if pairs.size > 1 else 0.0,
-          "run_means": run_means, "mean_of_runs": float(means.mean()), "se": se,
-          "t": float(means.mean() / se) if se > 0 else None, "df": means.size - 1}
+          "run_means": run_means}
+
+
+def format_mean_se_t(values: list[float]) -> str:
+  """Points: the mean of independent units (seeds) ± its standard error, and t on n − 1
+  degrees of freedom; where there is no t, why."""
+  x = np.asarray(values, np.float64)
+  if x.size < 2:
+    return f"{100 * x.mean():+.2f}, one run: no spread to test"
+  se = x.std(ddof=1) / np.sqrt(x.size)
+  text = f"{100 * x.mean():+.2f} ± {100 * se:.2f}"
+  return (text + ": every run alike, no t" if se == 0 else
+          text + f", t = {x.mean() / se:.1f} ({x.size - 1})")
 
 
 def format_pair_summary(values: dict, pairs: list[tuple[str, str]], title: str) -> str:
@@ -211,13 +220,7 @@ def format_pair_summary(values: dict, pairs: list[tuple[str, str]], title: str) 
       continue
     spread = f" ± {100 * s['std']:.2f}" if s["pairs"] > 1 else ""
     runs = ", ".join(f"{r} {100 * m:+.2f}" for r, m in s["run_means"].items())
-    of_runs = f"{100 * s['mean_of_runs']:+.2f} ± {100 * s['se']:.2f}"
-    if s["df"] == 0:
-      t = "one run: no spread to test"
-    elif s["t"] is None:
-      t = f"{of_runs}: every run's mean alike, no t"
-    else:
-      t = f"{of_runs}, t = {s['t']:.1f} ({s['df']})"
+    t = format_mean_se_t(list(s["run_means"].values()))
     lines.append(f"| {a} − {b} | {s['pairs']} | {s['above']} / {s['level']} / {s['below']} | "
                  f"{100 * s['mean']:+.2f}{spread} | {runs} | {t} |")
   return "\n".join(lines) + "\n"

@@ -166,9 +166,10 @@ def test_paired_summary_says_why_it_gives_no_t(tmp_path):
   # Both seeds +2: the runs' means agree exactly, so their standard error is 0 and t undefined.
   assert row([run(0, .52), run(1, .52)]) == [
       "| mlfd − individual | 2 | 2 / 0 / 0 | +2.00 ± 0.00 | seed0 +2.00, seed1 +2.00 | "
-      "+2.00 ± 0.00: every run's mean alike, no t |"]
+      "+2.00 ± 0.00: every run alike, no t |"]
   assert row([run(0, .54)]) == [
-      "| mlfd − individual | 1 | 1 / 0 / 0 | +4.00 | seed0 +4.00 | one run: no spread to test |"]
+      "| mlfd − individual | 1 | 1 / 0 / 0 | +4.00 | seed0 +4.00 | "
+      "+4.00, one run: no spread to test |"]
 
 
 def _copy_with(path, run_dir, extra):
