@@ -102,7 +102,7 @@ class TensorBoardWriter:
       self._local = None
 
 
-def _records(data: bytes):
+def _split_records(data: bytes):
   """The records of a TFRecord file (length, its crc, payload, its crc), stopping at a
   truncated last record (a write cut short, e.g. by preemption); checksums are not checked."""
   pos = 0
@@ -126,7 +126,7 @@ def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
   for name in sorted(fileio.listdir(event_dir)):
     if "tfevents" not in name:
       continue
-    for record in _records(fileio.read_bytes(fileio.join(event_dir, name))):
+    for record in _split_records(fileio.read_bytes(fileio.join(event_dir, name))):
       event = event_pb2.Event.FromString(record)
       for value in event.summary.value:
         if value.HasField("simple_value"):
