@@ -171,3 +171,28 @@ def test_conv_lowerings_compute_the_same_convolution():
     to_x, to_w, back = conv_lowering.TO_LAYOUT.get(name, (lambda a: a,) * 3)
     np.testing.assert_allclose(back(f(to_x(x), to_w(w))), want, rtol=1e-4, atol=1e-4,
                                err_msg=name)
+
+
+@pytest.mark.parametrize("ynn,expected", [
+    # YNNPACK off: every convolution on XLA's own emitter, no library fusion
+    ("invalid", {"xla": 59}),
+    # convolutions only: some of them move into YNNPACK fusions, and nothing else does
+    ("individual_convolution", None)])
+def test_conv_fusions_counts_where_each_convolution_of_the_step_runs(ynn, expected):
+  """A ResNet-18 gradient has 59 convolutions (20 forward, 19 input gradients: none for the
+  image, 20 kernel gradients); the census places each in XLA or in the library fusion that
+  calls it, so the counts sum to 59 under any flag."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_cpu_experimental_ynn_fusion_type={ynn}"}
+  proc = subprocess.run(
+      [sys.executable, "-c", "import json; from benchmarks import conv_fusions as c; "
+       "print(json.dumps(c.census(c.training_step_hlo(0.0625, 2, 8))))"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  census = json.loads(proc.stdout)
+  assert sum(census["convolutions"].values()) == 59
+  if expected is not None:
+    assert census["convolutions"] == expected
+    assert census["fusions"] == {"__ynn_fusion": 0, "__xnn_fusion": 0, "__onednn_fusion": 0}
+  else:  # every YNNPACK fusion holds a convolution: the count of each is the same
+    assert set(census["convolutions"]) <= {"xla", "__ynn_fusion"}
+    assert census["fusions"]["__ynn_fusion"] == census["convolutions"].get("__ynn_fusion", 0)
