@@ -29,9 +29,9 @@ _CALL = re.compile(r"kind=kCustom, calls=%([\w.]+), backend_config=\{\"fusion_co
 
 def census(hlo: str) -> dict:
   """Counts in an optimised HLO module's text: `convolutions` by where they run (`xla` or a
-  library's fusion kind), `fusions` per library and a hash of the program without its
-  metadata (source locations). A fused computation is a block of the text
-  that starts unindented with its name; a library fusion calls it by that name."""
+  library's fusion kind), `fusions` per library, and a hash of the program without its
+  metadata (source locations). A fused computation is a block of the text that starts
+  unindented with its name; a library fusion calls it by that name."""
   hlo = re.sub(r", metadata=\{[^}]*\}", "", hlo)
   library_of = {name: kind for name, kind in _CALL.findall(hlo) if kind in LIBRARIES}
   where: dict[str, int] = {}
