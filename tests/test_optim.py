@@ -44,7 +44,7 @@ def test_grad_clip_and_unknown_names():
   p = {"w": jnp.zeros((3, 3))}
   g = {"w": jnp.full((3, 3), 10.0)}
   u, _ = tx.update(g, tx.init(p), p)
-  np.testing.assert_allclose(float(optax.global_norm(u)), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(float(optax.tree.norm(u)), 1.0, rtol=1e-5)
   b.optimizer.name = "lamb"
   with pytest.raises(ValueError, match="unknown optimizer 'lamb'; valid: adamw, sgd"):
     optim.make_optimizer(b.optimizer, b.schedule, 10)
