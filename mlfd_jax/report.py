@@ -317,7 +317,8 @@ def plot(table: dict, path: str, title: str) -> None:
 
 def format_commands(runs: list[dict]) -> str:
   """Each run's columns with the config file and `--config.K=V` overrides that made them
-  (results.json's `overrides`): what a reader needs to make any number of the tables again.
+  (results.json's `overrides`, and an entry's own `config` where the command that trained it
+  used another config file): what a reader needs to make any number of the tables again.
   The datasets of one column share a command; entries written before overrides were recorded
   say so."""
   rows = ["### How each column was made", "", "| run | column | command |", "|---|---|---|"]
@@ -329,7 +330,8 @@ def format_commands(runs: list[dict]) -> str:
           flags = entry.get("overrides")
           made.setdefault(column(run, model, entry), set()).add(
               "(not recorded)" if flags is None else
-              "`" + " ".join([f"--config={run.get('config', '?')}", *flags]) + "`")
+              "`" + " ".join([f"--config={entry.get('config', run.get('config', '?'))}",
+                              *flags]) + "`")
     for label, commands in made.items():
       rows += [f"| {run_label(run, i)} | {label} | {c} |" for c in sorted(commands)]
   return "\n".join(rows) + "\n"

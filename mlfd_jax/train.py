@@ -347,11 +347,14 @@ def check_meta(ckpts: checkpoint.Checkpoints, meta: dict) -> None:
 
 def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: str, *,
         mesh, seed: int, writer: Writer | None = None, config_dict: dict | None = None,
-        ) -> tuple[checkpoint.Checkpoints, Trainer]:
+        command: dict | None = None) -> tuple[checkpoint.Checkpoints, Trainer]:
   """Trains `task` to `train_cfg`'s step count in `ckpt_dir`, resuming from its latest step.
 
-  Returns the checkpoint directory's manager and the trainer (whose compiled evaluation the
-  report can reuse); a finished directory is returned untouched.
+  A fresh directory gets `config.json` first: the task's meta, `config_dict` and the `command`
+  (config file and overrides) that started the training, which results.json quotes for this
+  model whichever later command evaluates it. Returns the checkpoint directory's manager and
+  the trainer (whose compiled evaluation the report can reuse); a finished directory is
+  returned untouched.
   """
   parallel.check_batch_size(int(train_cfg.batch_size), mesh)
   total = num_steps(train_cfg, train_data.num_examples("train"))
@@ -365,7 +368,8 @@ def fit(task: Task, train_data, eval_sets: list[EvalSet], train_cfg, ckpt_dir: s
 
   restored = ckpts.restore_latest_good(*trainer.abstract()) if ckpts.steps() else None
   if restored is None:
-    ckpts.write_config({"meta": task.meta, "config": config_dict or {}})
+    ckpts.write_config({"meta": task.meta, "config": config_dict or {},
+                        "command": command or {}})
     state = trainer.init(jax.random.key(seed))
     logging.info("[%s] training from scratch for %d steps -> %s", task.name, total, ckpt_dir)
   else:

@@ -322,3 +322,15 @@ def test_overrides_may_come_before_the_config_file(tmp_path):
   assert res["config"] == "configs/digits.py:tiny"
   assert [e["teacher"]["overrides"] for e in res["datasets"].values()] == 3 * [
       ["--config.stage=teachers", "--config.teacher_train.steps=1"]]
+  # Teachers copied into another workdir and only evaluated there are quoted with the command
+  # that trained them, not the evaluating one.
+  other = tmp_path / "other"
+  shutil.copytree(tmp_path / "teachers", other / "teachers")
+  r = _cli("--config=configs/digits.py:tiny", f"--workdir={other}", "--config.seed=3",
+           "--config.stage=teachers", "--config.teacher_train.steps=1")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "[teachers/digits_a] finished (step 1): skipping training" in r.stdout
+  res = json.loads((other / "results.json").read_text())
+  assert [e["teacher"]["overrides"] for e in res["datasets"].values()] == 3 * [
+      ["--config.stage=teachers", "--config.teacher_train.steps=1"]]
+  assert all("config" not in e["teacher"] for e in res["datasets"].values())  # same file

@@ -109,7 +109,8 @@ def test_each_column_names_the_command_that_made_it(tmp_path):
   stage4 = ["--config.seed=1", "--config.joint.fusion_level=stage4"]
   run = _write(tmp_path / "s1", 1, {
       name: {"num_classes": 10,
-             "teacher": {**_entry(0.9), "overrides": ["--config.seed=1"]},
+             # trained by a command with another config file (teachers copied in)
+             "teacher": {**_entry(0.9), "overrides": ["--config.seed=1"], "config": "t.py"},
              "student": {**_entry(0.9), "method": "kd", "name": "kd",
                          "overrides": [*stage4, "--config.distill.method=kd"]},
              "joint_teacher": _entry(0.9)}  # written before overrides were recorded
@@ -118,11 +119,11 @@ def test_each_column_names_the_command_that_made_it(tmp_path):
   md = open(files["md"]).read().split("### How each column was made")[1]
   rows = [line for line in md.splitlines() if line.startswith("| seed1 |")]
   assert rows == [  # one row per column: both datasets share each command
-      "| seed1 | individual | `--config=c.py --config.seed=1` |",
+      "| seed1 | individual | `--config=t.py --config.seed=1` |",
       "| seed1 | kd | `--config=c.py --config.seed=1 --config.joint.fusion_level=stage4 "
       "--config.distill.method=kd` |",
       "| seed1 | joint_teacher | (not recorded) |",
-      "| seed1 | abl:individual | `--config=c.py --config.seed=1` |",
+      "| seed1 | abl:individual | `--config=t.py --config.seed=1` |",
       "| seed1 | abl:kd | `--config=c.py --config.seed=1 --config.joint.fusion_level=stage4 "
       "--config.distill.method=kd` |",
       "| seed1 | abl:joint_teacher | (not recorded) |"]

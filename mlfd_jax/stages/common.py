@@ -37,15 +37,31 @@ def record_report(ctx: RunContext, spec: ModelSpec, ckpts: checkpoint.Checkpoint
                                      eval_batch_size(spec.train_cfg),
                                      frozen_inputs=spec.frozen_inputs)
   abstract = train.abstract_variables(spec.init, ctx.mesh)
+  made_by = training_command(ctx, ckpts)
   for name, entry in evaluator.report(ckpts, abstract, todo).items():
     logging.info("[%s] %s best step %d: val %.4f test top1 %.4f top5 %.4f (last step %d: "
                  "test top1 %.4f)", spec.results_key, name, entry["step"], entry["val_top1"],
                  entry["test_top1"], entry["test_top5"], entry["last"]["step"],
                  entry["last"]["test_top1"])
-    entry.update(spec.extra, saved_at=saved_at, overrides=list(ctx.overrides))
+    entry.update(spec.extra, saved_at=saved_at, **made_by)
     results.record(ctx.workdir, config_path=ctx.config_path, seed=ctx.config.seed, dataset=name,
                    num_classes=spec.num_classes[name], model=spec.results_key, entry=entry,
                    order=ctx.names)
+
+
+def training_command(ctx: RunContext, ckpts: checkpoint.Checkpoints) -> dict:
+  """What results.json quotes as the command that made a model: the command that started its
+  training, as its checkpoint directory's config.json records it, so that a model this run
+  only evaluates (teachers copied from another workdir) is quoted with the command that trained
+  it. `config` is given only where that command's config file differs from this run's.
+  Directories written before the command was recorded get this command's overrides."""
+  command = (ckpts.read_config() or {}).get("command") or {}
+  if "overrides" not in command:
+    return {"overrides": list(ctx.overrides)}
+  made_by = {"overrides": list(command["overrides"])}
+  if command.get("config", ctx.config_path) != ctx.config_path:
+    made_by["config"] = command["config"]
+  return made_by
 
 
 def train_and_report(ctx: RunContext, spec: ModelSpec, loss,
@@ -70,7 +86,9 @@ def train_and_report(ctx: RunContext, spec: ModelSpec, loss,
   try:
     ckpts, trainer = train.fit(task, spec.train_data(), spec.eval_sets, spec.train_cfg,
                                ctx.path(spec.directory), mesh=ctx.mesh, seed=spec.seed,
-                               writer=writer, config_dict=ctx.config.to_dict())
+                               writer=writer, config_dict=ctx.config.to_dict(),
+                               command={"config": ctx.config_path,
+                                        "overrides": list(ctx.overrides)})
   finally:
     writer.close()
   try:
