@@ -214,18 +214,16 @@ def test_a_second_run_on_a_busy_workdir_fails_at_once_and_the_first_is_unharmed(
     first.wait()
 
 
-def _final_teacher_params(workdir, steps, names):
+def _final_teacher_params(workdir, name, steps):
   from configs import digits
   from mlfd_jax import checkpoint, parallel, train
   from mlfd_jax.stages import teachers
   from mlfd_jax.stages.context import RunContext
-  ctx, out = RunContext(digits.get_config("tiny"), ""), {}
-  for name in names:
-    ck = checkpoint.Checkpoints(str(workdir / "teachers" / name), read_only=True)
-    model = train.restore_model(ck, teachers.teacher_task(ctx, name), parallel.make_mesh(1), steps)
-    out[name] = [np.asarray(x) for x in jax.tree.leaves(model)]
-    ck.close()
-  return out
+  ctx = RunContext(digits.get_config("tiny"), "")
+  ck = checkpoint.Checkpoints(str(workdir / "teachers" / name), read_only=True)
+  model = train.restore_model(ck, teachers.teacher_task(ctx, name), parallel.make_mesh(1), steps)
+  ck.close()
+  return [np.asarray(x) for x in jax.tree.leaves(model)]
 
 
 def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninterrupted_run(
@@ -233,8 +231,9 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
   import re
   # One teacher: the other two would only repeat what it shows, at twice its cost.
   args = ["--config=configs/digits.py:tiny", "--config.stage=teachers",
-          "--config.teacher_datasets=digits_a", "--config.teacher_train.steps=60", "--config.teacher_train.eval_every=20",
-          "--config.teacher_train.log_every=1", "--config.teacher_train.batch_size=16"]
+          "--config.teacher_datasets=digits_a", "--config.teacher_train.steps=60",
+          "--config.teacher_train.eval_every=20", "--config.teacher_train.log_every=1",
+          "--config.teacher_train.batch_size=16"]
   stopped, whole = tmp_path / "stopped", tmp_path / "whole"
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   proc = subprocess.Popen([sys.executable, "-m", "mlfd_jax.main", *args, f"--workdir={stopped}"],
@@ -263,8 +262,8 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
   assert f"resuming at step {step}/60" in r.stdout  # the log; stderr keeps warnings and errors
   r = _cli(*args, f"--workdir={whole}")
   assert r.returncode == 0, r.stderr[-3000:]
-  a, b = (_final_teacher_params(w, 60, ["digits_a"]) for w in (stopped, whole))
-  assert all(np.array_equal(x, y) for x, y in zip(a["digits_a"], b["digits_a"], strict=True))
+  a, b = (_final_teacher_params(w, name, 60) for w in (stopped, whole))
+  assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
   def numbers(path):
     res = json.loads((path / "results.json").read_text())
