@@ -3,7 +3,9 @@ from the one trace it makes, and `init_shapes` traces any other init function on
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
 from mlfd_jax import modelfn, train
 
@@ -35,3 +37,43 @@ def test_an_init_function_is_traced_once():
   assert first["params"]["w"].shape == (3, 5)
   assert restore_target["params"]["w"].shape == (3, 5)
   assert restore_target["model_state"]["n"].dtype == jnp.int32
+
+
+BLOCKS = [dict(name="resnet18", width=0.125), dict(name="vit_ti", depth=4, patch_size=4)]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_init_draws_what_the_plain_traced_constructor_draws(block):
+  """`init` gives, bit for bit, the variables of the constructor traced as flax writes it
+  (`make(nnx.Rngs(key))` under jit): its trace-time RNG counters change how the constructor is
+  traced, not which keys it draws."""
+  fn = modelfn.from_config(block, num_classes=10, image_size=16)
+
+  def plain(key):
+    _, params, state = nnx.split(fn._make(nnx.Rngs(key)), nnx.Param, ...)
+    return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(state)}
+
+  key = jax.random.key(7)
+  got, want = jax.jit(fn.init)(key), jax.jit(plain)(key)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_tracing_a_constructor_never_asks_a_tracer_for_its_sharding(block, monkeypatch):
+  """A tracer's `.sharding` raises an error whose message walks the whole trace so far; asked
+  once per RNG draw (flax's counter update), it made tracing a constructor quadratic in its
+  parameter count. Model functions trace their constructors without asking it."""
+  asked = []
+  original = jax.core.Tracer.sharding
+
+  def counted(self):
+    asked.append(type(self).__name__)
+    return original.fget(self)
+
+  monkeypatch.setattr(jax.core.Tracer, "sharding", property(counted))
+  fn = modelfn.from_config(block, num_classes=10, image_size=16)
+  jax.eval_shape(fn.init, jax.random.key(0))
+  jax.jit(fn.init).lower(jax.random.key(0))
+  assert asked == []
