@@ -149,6 +149,8 @@ class StopSignals:
 
 
 STOP = StopSignals()  # the process's; main.run holds it while a stage runs
+# XLA options of the one program that draws a model's initial variables on CPU (Trainer.init).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 def _fmt_time(seconds: float) -> str:
@@ -237,8 +239,13 @@ class Trainer:
     return model, self._train_state(model["params"])
 
   def init(self, key) -> tuple[dict, dict]:
-    """Fresh (model, train state) variables, laid out on the mesh as `self.shardings`."""
-    return jax.jit(self._make, out_shardings=self.shardings)(key)
+    """Fresh (model, train state) variables, laid out on the mesh as `self.shardings`.
+
+    On CPU compiled with LLVM's -O1 instead of -O2: XLA:CPU spent 15-45 s optimising the random
+    initialisers of one model, a program that runs once, and -O1 cuts that 3-7x with the same
+    bits out (benchmarks/RESULTS.md; tests/test_train.py)."""
+    options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(self._make, out_shardings=self.shardings, compiler_options=options)(key)
 
   def abstract(self):
     """Shapes, dtypes and shardings of (model, train state): the targets a restore fills (so a

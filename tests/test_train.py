@@ -202,3 +202,18 @@ def test_a_trained_model_logs_where_its_time_went(digits_config, tmp_path, caplo
     assert m.group(1) == "2"
     train.fit(task, ds, [train.EvalSet("a", ds)], cfg, str(tmp_path), mesh=mesh, seed=0)
     assert summaries() == []  # a finished model trains nothing, so it reports nothing
+
+
+def test_init_compiled_for_speed_draws_the_default_compiles_variables(digits_config):
+  """`Trainer.init` compiles its one-off program with cheaper XLA:CPU options; the variables it
+  draws are bit for bit those of the default compilation (a ResNet-18 and a ConvNeXt teacher)."""
+  mesh = parallel.make_mesh()
+  for name in ("digits_a", "digits_b"):  # resnet18 and convnext_atto in configs/digits.py
+    _, task = _teacher(digits_config, name)
+    trainer = train.Trainer(task, digits_config.teacher_train, mesh, total_steps=4)
+    fast = trainer.init(jax.random.key(3))
+    default = jax.jit(trainer._make, out_shardings=trainer.shardings)(jax.random.key(3))
+    leaves = jax.tree.leaves(default)
+    assert jax.tree.structure(fast) == jax.tree.structure(default) and len(leaves) > 50
+    for a, b in zip(jax.tree.leaves(fast), leaves):
+      assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
