@@ -241,9 +241,9 @@ class Trainer:
   def init(self, key) -> tuple[dict, dict]:
     """Fresh (model, train state) variables, laid out on the mesh as `self.shardings`.
 
-    On CPU compiled with LLVM's -O1 instead of -O2: XLA:CPU spent 15-45 s optimising the random
-    initialisers of one model, a program that runs once, and -O1 cuts that 3-7x with the same
-    bits out (benchmarks/RESULTS.md; tests/test_train.py)."""
+    On CPU compiled with LLVM's -O1 instead of -O2: XLA:CPU spent 10-45 s optimising the random
+    initialisers of one model, a program that runs once, and -O1 cuts that 1.6-7x with the same
+    bits out (`python -m benchmarks.model_init`; tests/test_train.py)."""
     options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
     return jax.jit(self._make, out_shardings=self.shardings, compiler_options=options)(key)
 
