@@ -22,9 +22,8 @@ import statistics
 import time
 
 import jax
-from flax import nnx
-
 import numpy as np
+from flax import nnx
 
 from mlfd_jax import modelfn, train
 
@@ -32,10 +31,7 @@ MODELS = (("resnet18", 0.125), ("resnet50", 0.0625), ("convnext_atto", 0.2), ("v
 
 
 def _plain_init(fn: modelfn.ModelFn):
-  def init(key):
-    _, params, state = nnx.split(fn._make(nnx.Rngs(key)), nnx.Param, ...)
-    return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(state)}
-  return init
+  return lambda key: modelfn.variables(fn._make(nnx.Rngs(key)))
 
 
 def _trace_seconds(init) -> float:
@@ -77,7 +73,8 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--compile_rounds", type=int, default=1,
-                      help="compilations of each kind per model (tens of seconds each)")
+                      help="compilations of each kind per model (tens of seconds each; 0: "
+                           "time the tracing only)")
   args = parser.parse_args(argv)
   print(f"{'model, width':<20} {'plain (s)':>10} {'ModelFn.init (s)':>17} {'speed-up':>9}")
   for name, width in MODELS:
@@ -92,7 +89,8 @@ def main(argv=None) -> None:
     plain, ours = statistics.median(times["plain"]), statistics.median(times["modelfn"])
     label = f"{name} {width:.3g}"
     print(f"{label:<20} {plain:>10.2f} {ours:>17.2f} {plain / ours:>8.2f}x")
-  compare_compiles(args.compile_rounds)
+  if args.compile_rounds:
+    compare_compiles(args.compile_rounds)
 
 
 if __name__ == "__main__":

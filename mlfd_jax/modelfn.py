@@ -30,6 +30,12 @@ def _fill(template: nnx.State, pure: dict) -> nnx.State:
   return state
 
 
+def variables(model: nnx.Module) -> dict[str, Any]:
+  """A built model's variables as plain dicts: `params` (every `nnx.Param`) and `model_state`."""
+  _, params, state = nnx.split(model, nnx.Param, ...)
+  return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(state)}
+
+
 class ModelFn:
   """Wraps a constructor `make(rngs) -> nnx.Module` as `init(key)` and `apply(variables, ...)`."""
 
@@ -57,9 +63,7 @@ class ModelFn:
       return self._make(nnx.Rngs(key))
 
   def init(self, key) -> dict[str, Any]:
-    model = self._construct(key)
-    _, params, state = nnx.split(model, nnx.Param, ...)
-    return {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(state)}
+    return variables(self._construct(key))
 
   def module(self, variables: dict[str, Any]) -> nnx.Module:
     return nnx.merge(self.graphdef, _fill(self._params_t, variables["params"]),

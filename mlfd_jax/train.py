@@ -244,7 +244,7 @@ class Trainer:
     On CPU compiled with LLVM's -O1 instead of -O2: XLA:CPU spent 10-45 s optimising the random
     initialisers of one model, a program that runs once, and -O1 cuts that 1.6-7x with the same
     bits out (`python -m benchmarks.model_init`; tests/test_train.py)."""
-    options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    options = INIT_COMPILER_OPTIONS if self.mesh.devices.flat[0].platform == "cpu" else None
     return jax.jit(self._make, out_shardings=self.shardings, compiler_options=options)(key)
 
   def abstract(self):
