@@ -58,7 +58,7 @@ class ModelFn:
     time quadratic in its parameter count. Under `ensure_compile_time_eval` whatever does not
     depend on the key (the counters, BatchNorm's ones and zeros) is computed while tracing, the
     parameters are still drawn in the traced program, bit for bit as before, and tracing a
-    constructor costs 1.2-2x less (`python -m benchmarks.model_init`)."""
+    constructor costs 1.2-2.4x less (`python -m benchmarks.model_init`)."""
     with jax.ensure_compile_time_eval():
       return self._make(nnx.Rngs(key))
 
