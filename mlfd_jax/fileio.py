@@ -40,7 +40,10 @@ def resolve(path: str | os.PathLike) -> str:
 
 
 def describe_error(e: OSError) -> str:
-  """The reason an operating system or a bucket gave, in a few words."""
+  """The reason an operating system or a bucket gave, in a few words (a client library's own
+  error, such as an unreachable storage host, by its message, which names the host)."""
+  if type(e).__module__ != "builtins" and str(e):
+    return str(e).splitlines()[0][:200]
   if e.strerror:
     return e.strerror
   if isinstance(e, FileNotFoundError):

@@ -62,12 +62,17 @@ def _route_logs() -> None:
 
 def _quiet_library_info_logs() -> None:
   """Orbax logs every save/restore step at INFO, gcsfs every file it opens in a bucket; keep
-  their warnings, drop the chatter (and the asyncio copies of a failed save's error, which the
-  run reports in one line)."""
+  their warnings, drop the chatter. Also drop what the run reports itself, in one line: the
+  asyncio copies of a failed save's error, gcsfs's last retry of a request that fails, and
+  TFDS's warning on a dataset folder without its metadata (a dataset never prepared)."""
   def keep(record) -> bool:
+    if "has no dataset_info.json" in record.getMessage():
+      return False
     if record.name == "asyncio" and "/orbax/" in record.getMessage():
       return False  # a failed save's writer tasks, reported once as CheckpointWriteError
     if record.name.split(".")[0] in ("gcsfs", "fsspec"):
+      if record.getMessage().startswith("_request out of retries"):
+        return False  # the error is raised to the run, which reports it in one line
       return record.levelno >= logging.converter.STANDARD_WARNING
     if "/orbax/" not in record.pathname:
       return True

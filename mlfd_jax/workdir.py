@@ -36,7 +36,11 @@ def check_writable(workdir: str) -> str:
   """Creates `workdir` if needed and fails early, in one line, if it cannot be written.
   Returns it absolute (a local path) or as given (a URL such as gs://bucket/run)."""
   workdir = fileio.resolve(workdir)
-  if fileio.exists(workdir) and not fileio.isdir(workdir):
+  try:  # a bucket that cannot be reached fails here already
+    is_file = fileio.exists(workdir) and not fileio.isdir(workdir)
+  except OSError as e:
+    raise _unwritable(workdir, e) from None
+  if is_file:
     raise NotADirectoryError(f"workdir {workdir} is a file, not a directory")
   try:
     fileio.makedirs(workdir)
@@ -44,9 +48,12 @@ def check_writable(workdir: str) -> str:
     fileio.write_atomic(probe, "")
     fileio.remove(probe)
   except OSError as e:
-    raise PermissionError(f"workdir {workdir} is not writable ({fileio.describe_error(e)})"
-                          ) from None
+    raise _unwritable(workdir, e) from None
   return workdir
+
+
+def _unwritable(workdir: str, e: OSError) -> PermissionError:
+  return PermissionError(f"workdir {workdir} is not writable ({fileio.describe_error(e)})")
 
 
 def use_compilation_cache(workdir: str) -> None:

@@ -132,6 +132,20 @@ def test_check_stage_names_a_bad_method_and_trains_nothing(tmp_path):
   assert [p.name for p in workdir.iterdir()] == []  # nothing trained, nothing recorded
 
 
+def test_a_tfds_dataset_never_prepared_is_named_by_the_check(tmp_path):
+  """The README's ImageNet command on a machine whose TFDS data_dir lacks the data: one line
+  that names the dataset, the directory searched and how to prepare it, before anything trains."""
+  workdir, data_dir = tmp_path / "w", tmp_path / "tfds"
+  data_dir.mkdir()
+  stderr = _fail(workdir, "--config=configs/imagenet_subsets.py", f"--config.data_dir={data_dir}",
+                 "--config.stage=check")
+  assert stderr == (f"mlfd_jax: error: dataset 'in3_0': TFDS 'imagenet2012' has no prepared data "
+                    f"in {data_dir}; prepare it there (`tfds build imagenet2012 "
+                    f"--data_dir={data_dir}`) or point data_dir (or TFDS_DATA_DIR) at where it "
+                    f"is{TRACE}\n")
+  assert [p.name for p in workdir.iterdir()] == []
+
+
 def _npz(path: pathlib.Path, **arrays) -> pathlib.Path:
   """A `tiny_imagenet30_32.npz` under `path` with 10 images of each of the 30 classes, the given
   arrays replaced (None drops one)."""

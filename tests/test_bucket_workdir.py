@@ -156,3 +156,17 @@ def test_a_lock_read_while_its_heartbeat_rewrites_it_is_read_again(gcs, monkeypa
     with pytest.raises(workdir_lib.WorkdirInUse):
       workdir_lib.Lock(workdir).__enter__()
     assert not torn
+
+
+def test_a_storage_host_that_cannot_be_reached_is_one_line(gcs, tmp_path):
+  """No route to the bucket (here a port nothing listens on; on a machine without network, the
+  DNS lookup): after gcsfs's retries, one line that names the host, and nothing else on stderr."""
+  url = f"http://127.0.0.1:{_free_port()}"
+  r = _run({**gcs, "STORAGE_EMULATOR_HOST": url}, f"--config={ROOT / 'configs' / 'digits.py'}:tiny",
+           f"--workdir=gs://{BUCKET}/run", cwd=tmp_path)
+  assert r.returncode == 2
+  host = url.removeprefix("http://")
+  port = host.split(":")[1]
+  assert r.stderr == (f"mlfd_jax: error: workdir gs://{BUCKET}/run is not writable (Cannot "
+                      f"connect to host {host} ssl:default [Connect call failed ('127.0.0.1', "
+                      f"{port})]) (MLFD_TRACEBACK=1 shows where)\n")

@@ -196,8 +196,18 @@ class TfdsDataset(StreamingDataset):
     spec = {"image": tf.TensorSpec([], tf.string), "label": tf.TensorSpec([], tf.int32)}
     if self._splits[split] is None:
       return _empty(spec)
-    ds = self._builder.as_dataset(split=self._split(split, p, count), shuffle_files=False,
-                                  decoders={self._image_key: tfds.decode.SkipDecoding()})
+    try:
+      ds = self._builder.as_dataset(split=self._split(split, p, count), shuffle_files=False,
+                                    decoders={self._image_key: tfds.decode.SkipDecoding()})
+    except AssertionError as e:  # TFDS's way of saying that the data was never prepared
+      if self._builder.is_prepared():
+        raise
+      name = self._builder.name
+      raise FileNotFoundError(
+          f"dataset {self.name!r}: TFDS {name!r} has no prepared data in "
+          f"{self._builder.data_dir_root}; prepare it there (`tfds build {name} "
+          f"--data_dir={self._builder.data_dir_root}`) or point data_dir (or TFDS_DATA_DIR) at "
+          f"where it is") from e
     ik, lk = self._image_key, self._label_key
     ds = ds.map(lambda ex: {"image": ex[ik], "label": tf.cast(ex[lk], tf.int32)})
     if self._lut is not None:
