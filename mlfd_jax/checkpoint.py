@@ -11,6 +11,7 @@ shardings), so a checkpoint written on 8 devices restores on 1 and vice versa.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -70,6 +71,19 @@ def _register_array_handler() -> None:
       override=True, ignore_warnings=True)
 
 
+@contextlib.contextmanager
+def _without_read_only_notice():
+  """Orbax warns that a directory opened read-only is read only, which is what was asked."""
+  def keep(record) -> bool:
+    return "is read only" not in record.getMessage()
+  logger = logging.get_absl_logger()
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
 class Checkpoints:
   """A thin wrapper over `ocp.CheckpointManager` with the project's policies."""
 
@@ -80,7 +94,8 @@ class Checkpoints:
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
                                              cleanup_tmp_directories=False)
-      self.manager = ocp.CheckpointManager(self.directory, options=options)
+      with _without_read_only_notice():
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
       return
     options = ocp.CheckpointManagerOptions(
         # best_fn makes orbax write each step's metrics next to it (read back by best_step).

@@ -264,3 +264,30 @@ def test_learning_curves_of_every_model(trained, tmp_path, capsys):
   assert curves.main([str(tmp_path / "nope"), "--out", str(out)]) == 2
   missing = tmp_path / "nope" / "tensorboard"
   assert capsys.readouterr().err == f"mlfd_jax.curves: error: no TensorBoard files at {missing}\n"
+
+
+def test_a_teacher_or_student_loads_from_its_directory_alone_and_scores_as_reported(trained):
+  """`classifier.load(DIR)` rebuilds a network from DIR/config.json alone, restores the step
+  results.json reports onto one device (the run saved it over the 8-device mesh), and its
+  predictions on the test split give the recorded test top-1: a ResNet teacher and student, a
+  ConvNeXt teacher. A joint teacher is refused in one sentence."""
+  from configs import digits
+  from mlfd_jax import classifier
+  ctx = RunContext(digits.get_config("tiny"), str(trained))
+  res = json.loads((trained / "results.json").read_text())["datasets"]
+  for name, kind, folder in [("digits_a", "teacher", "teachers"), ("digits_a", "student", "students"),
+                             ("digits_b", "teacher", "teachers")]:
+    model = classifier.load(str(trained / folder / name))
+    recorded = res[name][kind]
+    assert (model.kind, model.step, model.num_classes) == (kind, recorded["step"],
+                                                           ctx.dataset(name).num_classes)
+    assert {x.sharding.device_set.pop() for x in jax.tree.leaves(model.variables)} == {
+        jax.local_devices()[0]}
+    correct = total = 0
+    for batch in ctx.dataset(name).eval_batches("test", 16):
+      pred = np.asarray(model(batch["image"])).argmax(-1)
+      correct += int(((pred == batch["label"]) * batch["mask"]).sum())
+      total += int(batch["mask"].sum())
+    assert correct / total == pytest.approx(recorded["test_top1"], abs=1e-9), (name, kind)
+  with pytest.raises(ValueError, match="only a teacher's or a student's checkpoints load"):
+    classifier.load(str(trained / "joint" / "joint"))
