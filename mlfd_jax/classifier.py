@@ -61,9 +61,10 @@ def load(directory: str, step: int | None = None) -> Classifier:
     raise FileNotFoundError(f"no config.json in {directory}: not a model's checkpoint directory")
   meta = json.loads(fileio.read_text(config_path)).get("meta", {})
   key = next((k for k in _NETWORK_KEYS if k in meta), None)
-  if key is None:
-    raise ValueError(f"{directory} holds a model with parts {sorted(meta)}; only a teacher's or "
-                     f"a student's checkpoints load as one classifier")
+  if key is None or not isinstance(meta.get("num_classes"), int):
+    raise ValueError(f"{directory} holds a model with one head per dataset (a joint teacher or "
+                     f"the joint baseline); only a teacher's or a student's checkpoints load as "
+                     f"one classifier")
   ckpts = checkpoint.Checkpoints(directory, read_only=True)
   steps = ckpts.steps()
   if not steps:

@@ -266,11 +266,13 @@ def test_learning_curves_of_every_model(trained, tmp_path, capsys):
   assert capsys.readouterr().err == f"mlfd_jax.curves: error: no TensorBoard files at {missing}\n"
 
 
-def test_a_teacher_or_student_loads_from_its_directory_alone_and_scores_as_reported(trained):
+def test_a_teacher_or_student_loads_from_its_directory_alone_and_scores_as_reported(trained,
+                                                                                     tmp_path):
   """`classifier.load(DIR)` rebuilds a network from DIR/config.json alone, restores the step
   results.json reports onto one device (the run saved it over the 8-device mesh), and its
   predictions on the test split give the recorded test top-1: a ResNet teacher and student, a
-  ConvNeXt teacher. A joint teacher is refused in one sentence."""
+  ConvNeXt teacher. A joint teacher, or the joint baseline (a config.json like its), is refused
+  in one sentence."""
   from configs import digits
   from mlfd_jax import classifier
   ctx = RunContext(digits.get_config("tiny"), str(trained))
@@ -289,5 +291,10 @@ def test_a_teacher_or_student_loads_from_its_directory_alone_and_scores_as_repor
       correct += int(((pred == batch["label"]) * batch["mask"]).sum())
       total += int(batch["mask"].sum())
     assert correct / total == pytest.approx(recorded["test_top1"], abs=1e-9), (name, kind)
-  with pytest.raises(ValueError, match="only a teacher's or a student's checkpoints load"):
-    classifier.load(str(trained / "joint" / "joint"))
+  baseline = tmp_path / "baseline_joint" / "joint"
+  baseline.mkdir(parents=True)
+  (baseline / "config.json").write_text(json.dumps({"meta": {
+      "model": {"name": "resnet18", "width": 0.125}, "num_classes": [4, 3, 3], "image_size": 8}}))
+  for directory in (trained / "joint" / "joint", baseline):
+    with pytest.raises(ValueError, match="only a teacher's or a student's checkpoints load"):
+      classifier.load(str(directory))
