@@ -76,8 +76,7 @@ def load(directory: str, step: int | None = None) -> Classifier:
   stored = ocp.StandardCheckpointHandler().metadata(
       fileio.path(fileio.join(directory, str(step), "model"))).tree  # shapes and dtypes
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
-  model = ckpts.restore_model(step, target)
+  model = ckpts.restore_model(step, checkpoint.abstract_like(stored, device))
   if key == "student":  # {"params": {"student", "method"}, "model_state": {"student"}}
     model = {part: model[part]["student"] for part in ("params", "model_state")}
   fn = modelfn.from_config(meta[key], num_classes=int(meta["num_classes"]),
