@@ -78,7 +78,6 @@ def _quiet_library_info_logs() -> None:
       return True
     # (A preemption save has no validation metric, by design: orbax warns about that.)
     return (record.levelno >= logging.converter.STANDARD_WARNING
-            and "read only" not in record.getMessage()
             and "did not provide metrics" not in record.getMessage())
 
   logging.get_absl_handler().addFilter(keep)

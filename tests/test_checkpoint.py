@@ -44,3 +44,15 @@ def test_replacing_orbax_array_handler_logs_nothing(caplog):
   with caplog.at_level("INFO"):
     checkpoint._register_array_handler.__wrapped__()
   assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_opening_a_checkpoint_read_only_logs_nothing(tmp_path, caplog):
+  """Evaluation, the students' frozen models and `classifier.load` open checkpoints read-only on
+  purpose; orbax's "Given directory is read only" warning would reach the CLI's stderr."""
+  ckpt = checkpoint.Checkpoints(str(tmp_path / "ckpt"))
+  ckpt.save(1, {"w": jnp.ones(4)}, {"step": jnp.int32(1)}, metrics={checkpoint.VAL_METRIC: 0.5})
+  ckpt.close()
+  with caplog.at_level("WARNING"):
+    reader = checkpoint.Checkpoints(str(tmp_path / "ckpt"), read_only=True)
+  assert not caplog.records, [r.getMessage() for r in caplog.records]
+  assert reader.manager.latest_step() == 1
