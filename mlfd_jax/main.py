@@ -64,13 +64,20 @@ def _quiet_library_info_logs() -> None:
   """Orbax logs every save/restore step at INFO, gcsfs every file it opens in a bucket; keep
   their warnings, drop the chatter. Also drop what the run reports itself, in one line: the
   asyncio copies of a failed save's error, gcsfs's last retry of a request that fails, and
-  TFDS's warning on a dataset folder without its metadata (a dataset never prepared)."""
+  TFDS's warning on a dataset folder without its metadata (a dataset never prepared). gcsfs's
+  fallback from its bucket-layout lookup goes to the log only."""
   def keep(record) -> bool:
     if "has no dataset_info.json" in record.getMessage():
       return False
     if record.name == "asyncio" and "/orbax/" in record.getMessage():
       return False  # a failed save's writer tasks, reported once as CheckpointWriteError
     if record.name.split(".")[0] in ("gcsfs", "fsspec"):
+      if "falling back to gcsfilesystem" in record.getMessage().lower():
+        # gcsfs could not ask the bucket's layout (no credentials for that API, no route) and
+        # uses the plain client, which serves every bucket we write: a fact for the log, not a
+        # problem for stderr.
+        record.levelno, record.levelname = logging.converter.STANDARD_INFO, "INFO"
+        return True
       if record.getMessage().startswith("_request out of retries"):
         return False  # the error is raised to the run, which reports it in one line
       return record.levelno >= logging.converter.STANDARD_WARNING

@@ -160,11 +160,15 @@ def test_a_lock_read_while_its_heartbeat_rewrites_it_is_read_again(gcs, monkeypa
 
 def test_a_storage_host_that_cannot_be_reached_is_one_line(gcs, tmp_path):
   """No route to the bucket (here a port nothing listens on; on a machine without network, the
-  DNS lookup): after gcsfs's retries, one line that names the host, and nothing else on stderr."""
+  DNS lookup): after gcsfs's retries, one line that names the host, and nothing else on stderr.
+  gcsfs's bucket-layout lookup is left on, as in a user's run: it fails too, and its warning
+  that it falls back to the plain client goes to the log, not to stderr."""
   url = f"http://127.0.0.1:{_free_port()}"
-  r = _run({**gcs, "STORAGE_EMULATOR_HOST": url}, f"--config={ROOT / 'configs' / 'digits.py'}:tiny",
+  env = {**gcs, "STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "true"}
+  r = _run(env, f"--config={ROOT / 'configs' / 'digits.py'}:tiny",
            f"--workdir=gs://{BUCKET}/run", cwd=tmp_path)
   assert r.returncode == 2
+  assert "falling back to GCSFileSystem" in r.stdout, r.stdout[-2000:]
   host = url.removeprefix("http://")
   port = host.split(":")[1]
   assert r.stderr == (f"mlfd_jax: error: workdir gs://{BUCKET}/run is not writable (Cannot "
