@@ -109,5 +109,13 @@ def parse_arg(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
     key, _, value = part.partition("=") if "=" in part else (first, "=", part)
     if key not in defaults:
       raise ValueError(f"unknown config argument {key!r}; valid: {', '.join(defaults)}")
-    out[key] = type(defaults[key])(value) if defaults[key] is not None else value
+    kind = type(defaults[key])
+    if defaults[key] is None or kind is str:
+      out[key] = value
+      continue
+    try:
+      out[key] = kind(value)
+    except ValueError:
+      raise ValueError(f"{key} is {'an int' if kind is int else 'a ' + kind.__name__}; "
+                       f"got {value!r}") from None
   return out

@@ -155,6 +155,10 @@ def test_config_file_and_required_flags_errors_are_one_line(tmp_path):
        "'no_such_module'"),
       (["--config=configs/digits.py:huge", f"--workdir={tmp_path}"],
        "--config=configs/digits.py:huge: unknown variant 'huge'; valid: default, tiny"),
+      (["--config=configs/tiny_imagenet_subsets.py:budget=2x", f"--workdir={tmp_path}"],
+       "--config=configs/tiny_imagenet_subsets.py:budget=2x: budget is a float; got '2x'"),
+      (["--config=configs/tiny_imagenet_subsets.py:tiny,k=2.5", f"--workdir={tmp_path}"],
+       "--config=configs/tiny_imagenet_subsets.py:tiny,k=2.5: k is an int; got '2.5'"),
       ([f"--workdir={tmp_path}"], "--config is required (e.g. --config=configs/digits.py)"),
       (["--config=configs/digits.py:tiny"], "--workdir is required (e.g. --workdir=runs/digits)"),
   ]
