@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from mlfd_jax import fileio, report
+from mlfd_jax import cli, fileio, report
 
 DEFAULT_MODELS = ("individual", "joint_teacher", "mlfd")
 
@@ -194,10 +194,19 @@ def plot(values: dict, diffs: dict, base: str, path: str) -> None:
   plt.close(fig)
 
 
-def write(specs: list[str], out: str, models: tuple[str, ...], base: str) -> dict[str, str]:
-  values = table(load(specs), models)
-  if not values:
-    raise ValueError(f"none of the runs holds any of the models {', '.join(models)}")
+def write(specs: list[str], out: str, models: tuple[str, ...] | None, base: str
+          ) -> dict[str, str]:
+  """budgets.md and budgets.png in `out`; `models` None: those of DEFAULT_MODELS the runs hold.
+  A model named explicitly (or the base) that no run holds is an error, not an empty row."""
+  by_budget = load(specs)
+  held = sorted({m for runs in by_budget.values()
+                 for row in report.per_run(runs).values() for m in row})
+  named = (base,) if models is None else (*models, base)
+  for name in dict.fromkeys(named):
+    if name not in held:
+      raise ValueError(f"no run has a model {name!r} (--models, --base); they have: "
+                       f"{', '.join(held)}")
+  values = table(by_budget, models or DEFAULT_MODELS)
   diffs = differences(values, base)
   fileio.makedirs(out)
   files = {"md": fileio.join(out, "budgets.md"), "png": fileio.join(out, "budgets.png")}
@@ -210,20 +219,18 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("runs", nargs="+", help="STEPS=WORKDIR, one per (budget, seed)")
   parser.add_argument("--out", required=True, help="directory for budgets.md and budgets.png")
-  parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+  parser.add_argument("--models", default=None,
                       help="comma-separated report columns (individual, joint_teacher, mlfd, "
-                           "kd, ...)")
+                           f"kd, ...); default: those of {','.join(DEFAULT_MODELS)} the runs hold")
   parser.add_argument("--base", default="individual", help="the model the others are paired with")
   args = parser.parse_args(argv)
-  models = tuple(m for m in args.models.split(",") if m)
-  try:
+  models = tuple(m for m in args.models.split(",") if m) if args.models else None
+
+  def body():
     files = write(args.runs, args.out, models, args.base)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"mlfd_jax.budgets: error: {e}", file=sys.stderr)
-    return 2
-  print(fileio.read_text(files["md"]))
-  print(f"wrote {files['md']} and {files['png']}")
-  return 0
+    print(fileio.read_text(files["md"]))
+    print(f"wrote {files['md']} and {files['png']}")
+  return cli.run_tool("mlfd_jax.budgets", body)
 
 
 if __name__ == "__main__":

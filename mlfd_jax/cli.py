@@ -6,6 +6,7 @@ does not name the value (`Pass --helpshort ...`). `check_argv` looks at the argu
 loading the config file the way ml_collections does, and raises `EntryError` with one line that
 names the bad flag, key or value and what would be valid. `main.py` prints it as
 `mlfd_jax: error: ...` and exits with code 2, before anything is imported or logged.
+`run_tool` gives the project's smaller commands (report, budgets, curves) the same one line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import difflib
 import glob
 import importlib.util
 import os
-from typing import Any, Iterator
+import sys
+from typing import Any, Callable, Iterator
 
 FLAGS = ("config", "workdir", "distributed", "coordinator_address", "num_processes", "process_id",
          "distributed_timeout")  # main.py's flags, in the order the help lists them
@@ -158,3 +160,26 @@ def check_argv(argv: list[str], valid_stages: list[str]) -> None:
   stage = dict(overrides).get("stage", keys.get("stage"))
   if stage not in valid_stages:
     raise EntryError(f"unknown stage {stage!r}; valid: {', '.join(sorted(valid_stages))}")
+
+
+def _tool_error(e: Exception) -> str:
+  """One line for what stopped a tool: its own message, or the file the OS refused and why."""
+  if isinstance(e, OSError) and e.filename is not None:
+    from mlfd_jax import fileio  # pylint: disable=import-outside-toplevel
+    return f"{e.filename}: {fileio.describe_error(e)}"
+  if isinstance(e, KeyError) and e.args:
+    return str(e.args[0])
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def run_tool(prog: str, body: Callable[[], None]) -> int:
+  """Runs a command's `body`; a missing input, a bad value or an output the OS refuses ends in
+  one stderr line `PROG: error: ...` and exit code 2 (MLFD_TRACEBACK=1 raises instead)."""
+  try:
+    body()
+  except (OSError, ValueError, KeyError) as e:
+    if os.environ.get("MLFD_TRACEBACK"):
+      raise
+    sys.stderr.write(f"{prog}: error: {_tool_error(e)}\n")
+    return EXIT_CODE
+  return 0

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from mlfd_jax import fileio, logs
+from mlfd_jax import cli, fileio, logs
 
 STAGE_LABELS = {"teachers": "individual", "joint": "joint_teacher",
                 "baseline_joint": "baseline_joint", "students": "mlfd"}
@@ -91,20 +91,18 @@ def main(argv=None) -> int:
   parser.add_argument("--out", required=True, help="the PNG to write")
   parser.add_argument("--title", default="validation top-1 (mean over runs, band: min-max)")
   args = parser.parse_args(argv)
-  try:
+
+  def body():
     table = collect(args.workdirs)
-  except (FileNotFoundError, KeyError) as e:
-    print(f"mlfd_jax.curves: error: {e}", file=sys.stderr)
-    return 2
-  fileio.makedirs(os.path.dirname(fileio.resolve(args.out)))
-  plot(table, args.out, args.title)
-  for dataset, row in sorted(table.items()):
-    for label, runs in row.items():
-      last = [r[-1][1] for r in runs]
-      print(f"{dataset} {label}: last validation top-1 {100 * np.mean(last):.2f} "
-            f"(n={len(runs)}, step {runs[0][-1][0]})")
-  print(f"wrote {args.out}")
-  return 0
+    fileio.makedirs(os.path.dirname(fileio.resolve(args.out)))
+    plot(table, args.out, args.title)
+    for dataset, row in sorted(table.items()):
+      for label, runs in row.items():
+        last = [r[-1][1] for r in runs]
+        print(f"{dataset} {label}: last validation top-1 {100 * np.mean(last):.2f} "
+              f"(n={len(runs)}, step {runs[0][-1][0]})")
+    print(f"wrote {args.out}")
+  return cli.run_tool("mlfd_jax.curves", body)
 
 
 if __name__ == "__main__":

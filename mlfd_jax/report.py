@@ -27,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
-from mlfd_jax import fileio
+from mlfd_jax import cli, fileio
 
 ORDER = ("individual", "baseline_joint", "joint_teacher", "kd", "mlfd_last", "mlfd", "avg_kd",
          "amtml", "feed", "feed_seq")
@@ -339,10 +339,7 @@ def format_commands(runs: list[dict]) -> str:
 
 def write_report(paths: list[str], out: str, pairs: Iterable[tuple[str, str]] = (),
                  runs_out: str | None = None) -> dict[str, str]:
-  runs = load_runs(paths)
-  fileio.makedirs(out)
-  if runs_out:
-    write_runs(runs, runs_out)
+  runs, pairs = load_runs(paths), list(pairs)
   best, last = collect(runs, "best"), collect(runs, "last")
   md = ["# Results", "",
         f"Test top-1 (%), mean ± sample std over runs; {len(runs)} run{'s' * (len(runs) != 1)} "
@@ -351,6 +348,12 @@ def write_report(paths: list[str], out: str, pairs: Iterable[tuple[str, str]] = 
         format_markdown(best, "Best checkpoint by validation top-1"),
         format_markdown(last, "Last checkpoint"), "![test top-1](results.png)", ""]
   values = per_run(runs)
+  columns = methods_of(values)
+  for a, b in pairs:
+    for name in (a, b):
+      if name not in columns:
+        raise ValueError(f"--pair {a} {b}: no run has a column {name!r}; columns: "
+                         f"{', '.join(columns)}")
   md += [format_per_run(values, "Per run (best checkpoint by validation)"),
          format_per_run(paired_differences(values),
                         "Paired difference to `individual` (same run, so same seed), points",
@@ -360,6 +363,9 @@ def write_report(paths: list[str], out: str, pairs: Iterable[tuple[str, str]] = 
     md.append(format_pair_summary(per_run(runs, which=which), comparisons,
                                   f"Paired summary over (dataset, run) pairs, {label}, points"))
   md.append(format_commands(runs))
+  fileio.makedirs(out)
+  if runs_out:
+    write_runs(runs, runs_out)
   files = {"md": fileio.join(out, "results.md"), "png": fileio.join(out, "results.png")}
   fileio.write_atomic(files["md"], "\n".join(md))
   plot(best, files["png"], "test top-1, best-by-validation checkpoint (mean ± std)")
@@ -379,14 +385,12 @@ def main(argv=None) -> int:
                       help="also write each run (a seed's workdirs merged) as "
                            "DIR/seedN.results.json")
   args = parser.parse_args(argv)
-  try:
+
+  def body():
     files = write_report(args.workdirs, args.out, [tuple(p) for p in args.pair], args.runs_out)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"mlfd_jax.report: error: {e}", file=sys.stderr)
-    return 2
-  print(fileio.read_text(files["md"]))
-  print(f"wrote {files['md']} and {files['png']}")
-  return 0
+    print(fileio.read_text(files["md"]))
+    print(f"wrote {files['md']} and {files['png']}")
+  return cli.run_tool("mlfd_jax.report", body)
 
 
 if __name__ == "__main__":

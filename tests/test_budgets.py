@@ -67,3 +67,15 @@ def test_bad_argument_is_one_line(tmp_path):
   assert proc.stderr == ("mlfd_jax.budgets: error: argument 'runs/x' is not STEPS=WORKDIR "
                          "(e.g. 600=runs/tin/seed0)\n")
   assert not (tmp_path / "out").exists()
+
+
+def test_a_model_no_run_has_is_one_line_and_writes_nothing(tmp_path):
+  """A misspelt --models or --base used to give an empty table and exit 0."""
+  spec = f"600={_run(tmp_path / 'b1s0', 0, 0.50, 0.45)}"
+  for flag in (["--models", "individual,mlfd,kdd"], ["--base", "kdd"]):
+    proc = subprocess.run([sys.executable, "-m", "mlfd_jax.budgets", spec, "--out",
+                           str(tmp_path / "out"), *flag], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (2, (
+        "mlfd_jax.budgets: error: no run has a model 'kdd' (--models, --base); they have: "
+        "individual, mlfd\n")), flag
+  assert not (tmp_path / "out").exists()
