@@ -336,3 +336,25 @@ def test_overrides_may_come_before_the_config_file(tmp_path):
   assert [e["teacher"]["overrides"] for e in res["datasets"].values()] == 3 * [
       ["--config.stage=teachers", "--config.teacher_train.steps=1"]]
   assert all("config" not in e["teacher"] for e in res["datasets"].values())  # same file
+
+
+def test_check_and_all_log_the_plan_with_what_is_left(tmp_path):
+  """Before training, `all` (and `check`) logs each model it would train, how far it already is
+  and the steps left: here one teacher of three is trained, one half trained, one not started."""
+  base = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}"]
+  for name, steps in (("digits_a", 4), ("digits_b", 2)):
+    r = _cli(*base, "--config.stage=teachers", f"--config.teacher_datasets={name}",
+             f"--config.teacher_train.steps={steps}")
+    assert r.returncode == 0, r.stderr[-2000:]
+  r = _cli(*base, "--config.stage=check")
+  assert r.returncode == 0, r.stderr[-2000:]
+  plan = [line.split("] ", 1)[1] for line in r.stdout.splitlines() if "] plan: " in line]
+  assert plan == [
+      "plan: teachers/digits_a, 4 steps (finished)",
+      "plan: teachers/digits_b, 4 steps (resumes at step 2)",
+      "plan: teachers/digits_c, 4 steps (to train)",
+      "plan: joint/joint, 4 steps (to train)",
+      "plan: students/digits_a, 4 steps (to train)",
+      "plan: students/digits_b, 4 steps (to train)",
+      "plan: students/digits_c, 4 steps (to train)",
+      "plan: 7 models, 22 of their 28 steps left to train"], r.stdout[-3000:]

@@ -11,6 +11,7 @@ from absl import logging
 
 from mlfd_jax.registry import Registry
 from mlfd_jax.stages import baselines, evaluate, joint, specs, students, teachers
+from mlfd_jax.stages.frozen import open_checkpoints
 
 STAGES: Registry = Registry("stage")
 PIPELINE = (teachers, joint, students)  # what `all` trains, in order, before evaluating
@@ -19,9 +20,29 @@ PIPELINE = (teachers, joint, students)  # what `all` trains, in order, before ev
 def check_all(ctx) -> None:
   """Builds the spec of every model `all` trains: a bad value in a later stage's block
   (a method, a level, a model, a batch size, an optimizer) fails now, before the earlier
-  stages' training."""
-  for spec in [*specs.teachers(ctx), *specs.joints(ctx), *specs.students(ctx)]:
+  stages' training. Then logs the plan: each model, how far it already is, the steps left."""
+  planned = [*specs.teachers(ctx), *specs.joints(ctx), *specs.students(ctx)]
+  for spec in planned:
     spec.check_training(ctx.mesh)
+  log_plan(ctx, planned)
+
+
+def log_plan(ctx, planned: list[specs.ModelSpec]) -> None:
+  """One line a model and a total, so a long run says up front what it will do and a resumed
+  one what is left."""
+  total = left = 0
+  for spec in planned:
+    at, done = 0, open_checkpoints(ctx.path(spec.directory))
+    if done is not None:
+      try:
+        at = min(done.latest_step() or 0, spec.total_steps)
+      finally:
+        done.close()
+    state = ("finished" if at == spec.total_steps else f"resumes at step {at}" if at
+             else "to train")
+    logging.info("plan: %s, %d steps (%s)", spec.directory, spec.total_steps, state)
+    total, left = total + spec.total_steps, left + spec.total_steps - at
+  logging.info("plan: %d models, %d of their %d steps left to train", len(planned), left, total)
 
 
 def run_check(ctx) -> None:
