@@ -301,9 +301,9 @@ def test_a_teacher_or_student_loads_from_its_directory_alone_and_scores_as_repor
 
 
 def test_confidence_tool_scores_each_network_as_reported(trained, capsys):
-  """tools/confidence.py (the soft-label diagnostic of docs/results.md) finds every teacher and
-  student of a workdir, and on the test split gives results.json's test top-1 for each, with a
-  top-class probability and an entropy a softmax can have."""
+  """tools/confidence.py (the soft-label diagnostic of docs/results.md) finds every teacher,
+  student and joint-teacher head of a workdir, and on the test split gives results.json's test
+  top-1 for each, with a top-class probability and an entropy a softmax can have."""
   import importlib.util
   import math
   spec = importlib.util.spec_from_file_location("confidence", "tools/confidence.py")
@@ -313,10 +313,11 @@ def test_confidence_tool_scores_each_network_as_reported(trained, capsys):
   rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
           if line.startswith(f"| {trained} ")]
   res = json.loads((trained / "results.json").read_text())["datasets"]
+  key = {"teacher": "teacher", "student": "student", "joint teacher": "joint_teacher"}
   assert sorted((r[1].strip(), r[2].strip()) for r in rows) == sorted(
-      (kind, name) for name in res for kind in ("teacher", "student"))
+      (kind, name) for name in res for kind in key)
   for _, kind, name, step, top1, top_prob, entropy in rows:
-    recorded, classes = res[name.strip()][kind.strip()], res[name.strip()]["num_classes"]
+    recorded, classes = res[name.strip()][key[kind.strip()]], res[name.strip()]["num_classes"]
     assert int(step) == recorded["step"]
     assert float(top1) == pytest.approx(recorded["test_top1"], abs=1e-4)
     assert 1 / classes <= float(top_prob) <= 1 and 0 <= float(entropy) <= math.log(classes)

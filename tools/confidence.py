@@ -5,8 +5,10 @@
       runs/wide2400/seed0 runs/wide2400/seed0_teachers1
 
 For every `teachers/<dataset>` and `students/<dataset>` checkpoint directory under the workdirs
-(best-by-validation step, `mlfd_jax.classifier`), prints on the split of its dataset: top-1, the
-mean probability of the top class and the mean entropy of the softmax (nats). A teacher that
+(best-by-validation step, `mlfd_jax.classifier`), and for each head of the joint teacher in
+`joint/joint` (rebuilt from the config its checkpoint directory recorded, so the run's overrides
+hold), prints on the split of its dataset: top-1, the mean probability of the top class and the
+mean entropy of the softmax (nats). A teacher that
 has memorised its training set gives sharper soft labels there, which carry less beyond the
 hard label (docs/results.md, "Wider teachers with every stage at 2,400 steps"). Each dataset is
 built once, whatever number of workdirs and models read it.
@@ -15,19 +17,25 @@ built once, whatever number of workdirs and models read it.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import pathlib
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from mlfd_jax import classifier, cli  # noqa: E402  (the repository, wherever this runs from)
-from mlfd_jax.data import base  # noqa: E402
+from mlfd_jax import checkpoint, classifier, cli, fileio, train  # noqa: E402  (this repository)
+from mlfd_jax.data import augment, base  # noqa: E402
+from mlfd_jax.stages import specs  # noqa: E402
+from mlfd_jax.stages.context import RunContext  # noqa: E402
 
 
-def _summary(model: classifier.Classifier, dataset, split: str) -> dict[str, float]:
+def _summary(model, dataset, split: str) -> dict[str, float]:
+  """`model(uint8 images) -> logits` scored on `split` of `dataset`."""
   correct, top_prob, entropy, n = 0, 0.0, 0.0, 0
   for batch in dataset.eval_batches(split, 500):
     keep = np.asarray(batch["mask"], bool)
@@ -39,6 +47,26 @@ def _summary(model: classifier.Classifier, dataset, split: str) -> dict[str, flo
     entropy += float(-(p * logp).sum())
     n += int(keep.sum())
   return {"top1": correct / n, "top_prob": top_prob / n, "entropy": entropy / n}
+
+
+def _joint_heads(workdir: str):
+  """(dataset, step, images -> logits of its head, its dataset) for the joint teacher of
+  `workdir`, at its best-by-validation step; nothing if the workdir has none."""
+  directory = os.path.join(workdir, "joint", "joint")
+  if not os.path.isfile(os.path.join(directory, "config.json")):
+    return
+  recorded = json.loads(fileio.read_text(os.path.join(directory, "config.json")))
+  ctx = RunContext(ml_collections.ConfigDict(recorded["config"]), workdir)
+  spec = specs.joints(ctx)[0]
+  ckpts = checkpoint.Checkpoints(directory, read_only=True)
+  step = ckpts.best_step() or ckpts.latest_step()
+  model = ckpts.restore_model(step, train.abstract_variables(spec.init, ctx.mesh))
+  frozen = spec.frozen()
+  logits = jax.jit(lambda images, head: spec.predict(
+      model["params"], model["model_state"], frozen, augment.normalize(images), head),
+                   static_argnames="head")
+  for es in spec.eval_sets:
+    yield es.name, step, functools.partial(logits, head=es.head), es.dataset
 
 
 def main(argv=None) -> None:
@@ -64,6 +92,10 @@ def main(argv=None) -> None:
         s = _summary(model, datasets[name], args.split)
         print(f"| {workdir} | {kind[:-1]} | {name} | {model.step} | {s['top1']:.4f} | "
               f"{s['top_prob']:.4f} | {s['entropy']:.4f} |", flush=True)
+    for name, step, head, dataset in _joint_heads(workdir):
+      s = _summary(head, dataset, args.split)
+      print(f"| {workdir} | joint teacher | {name} | {step} | {s['top1']:.4f} | "
+            f"{s['top_prob']:.4f} | {s['entropy']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":
