@@ -8,10 +8,11 @@ For every `teachers/<dataset>` and `students/<dataset>` checkpoint directory und
 (best-by-validation step, `mlfd_jax.classifier`), and for each head of the joint teacher in
 `joint/joint` (rebuilt from the config its checkpoint directory recorded, so the run's overrides
 hold), prints on the split of its dataset: top-1, the mean probability of the top class and the
-mean entropy of the softmax (nats). A teacher that
-has memorised its training set gives sharper soft labels there, which carry less beyond the
-hard label (docs/results.md, "Wider teachers with every stage at 2,400 steps"). Each dataset is
-built once, whatever number of workdirs and models read it.
+mean entropy of the softmax (nats). A teacher that has memorised its training set gives
+sharper soft labels there, which carry less beyond the hard label (docs/results.md, "Wider
+teachers with every stage at 2,400 steps"). Each dataset is built once for the teachers and
+students, whatever number of workdirs and models read it, and once more per joint teacher (its
+run's own config).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def _joint_heads(workdir: str):
   ckpts = checkpoint.Checkpoints(directory, read_only=True)
   step = ckpts.best_step() or ckpts.latest_step()
   model = ckpts.restore_model(step, train.abstract_variables(spec.init, ctx.mesh))
-  frozen = spec.frozen()
+  # The teachers alone: spec.frozen() would also precompute every training image's maps
+  # (joint.precompute_teachers), which scoring from images does not use.
+  frozen = {"teachers": ctx.frozen.teachers()}
   logits = jax.jit(lambda images, head: spec.predict(
       model["params"], model["model_state"], frozen, augment.normalize(images), head),
                    static_argnames="head")
