@@ -300,18 +300,24 @@ def test_a_teacher_or_student_loads_from_its_directory_alone_and_scores_as_repor
       classifier.load(str(directory))
 
 
+def _confidence_rows(workdir, argv, capsys):
+  """tools/confidence.py's table rows for `workdir` (it is a script, not a package module)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("confidence", "tools/confidence.py")
+  confidence = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(confidence)
+  confidence.main(argv)
+  return [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+          if line.startswith(f"| {workdir} ")]
+
+
 def test_confidence_tool_scores_each_network_as_reported(trained, capsys):
   """tools/confidence.py (the soft-label diagnostic of docs/results.md) finds every teacher,
   student and joint-teacher head of a workdir, and on the test split gives results.json's test
   top-1 for each, with a top-class probability and an entropy a softmax can have."""
-  import importlib.util
   import math
-  spec = importlib.util.spec_from_file_location("confidence", "tools/confidence.py")
-  confidence = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(confidence)
-  confidence.main(["configs/digits.py:tiny", str(trained), "--split", "test"])
-  rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
-          if line.startswith(f"| {trained} ")]
+  rows = _confidence_rows(trained, ["configs/digits.py:tiny", str(trained), "--split", "test"],
+                          capsys)
   res = json.loads((trained / "results.json").read_text())["datasets"]
   key = {"teacher": "teacher", "student": "student", "joint teacher": "joint_teacher"}
   assert sorted((r[1].strip(), r[2].strip()) for r in rows) == sorted(
@@ -321,3 +327,26 @@ def test_confidence_tool_scores_each_network_as_reported(trained, capsys):
     assert int(step) == recorded["step"]
     assert float(top1) == pytest.approx(recorded["test_top1"], abs=1e-4)
     assert 1 / classes <= float(top_prob) <= 1 and 0 <= float(entropy) <= math.log(classes)
+
+
+def test_confidence_tool_reads_moved_data_for_the_joint_teacher_too(tmp_path, capsys):
+  """A run's data files moved since it trained: `--data_root` points every model at the new
+  place, the joint teacher included, whose config.json recorded the old paths."""
+  import pathlib
+  from configs import tiny_imagenet_subsets
+  data = pathlib.Path("..", "shared", "data").resolve()
+  if not (data / "tiny_imagenet30_32.npz").exists():
+    pytest.skip("../shared/data is not beside the checkout")
+  old = tmp_path / "old_data"
+  old.symlink_to(data)
+  config = tiny_imagenet_subsets.get_config("tiny")
+  config.data_root = str(old)
+  workdir = tmp_path / "w"
+  mlfd_main.run(config, str(workdir), "configs/tiny_imagenet_subsets.py:tiny")
+  old.unlink()
+  rows = _confidence_rows(workdir, ["configs/tiny_imagenet_subsets.py:tiny", str(workdir),
+                                    "--split", "test", "--data_root", str(data)], capsys)
+  res = json.loads((workdir / "results.json").read_text())["datasets"]
+  joint = {r[2].strip(): float(r[4]) for r in rows if r[1].strip() == "joint teacher"}
+  assert joint == pytest.approx({name: res[name]["joint_teacher"]["test_top1"] for name in res},
+                                abs=1e-4)

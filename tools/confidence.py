@@ -7,7 +7,7 @@
 For every `teachers/<dataset>` and `students/<dataset>` checkpoint directory under the workdirs
 (best-by-validation step, `mlfd_jax.classifier`), and for each head of the joint teacher in
 `joint/joint` (rebuilt from the config its checkpoint directory recorded, so the run's overrides
-hold), prints on the split of its dataset: top-1, the mean probability of the top class and the
+hold; `--data_root` moves its data files too), prints on the split of its dataset: top-1, the mean probability of the top class and the
 mean entropy of the softmax (nats). A teacher that has memorised its training set gives
 sharper soft labels there, which carry less beyond the hard label (docs/results.md, "Wider
 teachers with every stage at 2,400 steps"). Each dataset is built once for the teachers and
@@ -50,14 +50,28 @@ def _summary(model, dataset, split: str) -> dict[str, float]:
   return {"top1": correct / n, "top_prob": top_prob / n, "entropy": entropy / n}
 
 
-def _joint_heads(workdir: str):
+def _moved(recorded: dict, data_root: str | None) -> dict:
+  """`recorded` (the config a run's config.json holds) with the data files it names under its
+  own data_root read from `data_root` instead: the run resolved its paths when it wrote them."""
+  if not data_root or "data_root" not in recorded:
+    return recorded
+  old = recorded["data_root"].rstrip("/") + "/"
+  for block in recorded["datasets"].values():
+    if isinstance(block.get("path"), str) and block["path"].startswith(old):
+      block["path"] = os.path.join(data_root, block["path"][len(old):])
+  recorded["data_root"] = data_root
+  return recorded
+
+
+def _joint_heads(workdir: str, data_root: str | None):
   """(dataset, step, images -> logits of its head, its dataset) for the joint teacher of
-  `workdir`, at its best-by-validation step; nothing if the workdir has none."""
+  `workdir`, at its best-by-validation step, its data files under `data_root` when given;
+  nothing if the workdir has none."""
   directory = os.path.join(workdir, "joint", "joint")
   if not os.path.isfile(os.path.join(directory, "config.json")):
     return
-  recorded = json.loads(fileio.read_text(os.path.join(directory, "config.json")))
-  ctx = RunContext(ml_collections.ConfigDict(recorded["config"]), workdir)
+  recorded = json.loads(fileio.read_text(os.path.join(directory, "config.json")))["config"]
+  ctx = RunContext(ml_collections.ConfigDict(_moved(recorded, data_root)), workdir)
   spec = specs.joints(ctx)[0]
   ckpts = checkpoint.Checkpoints(directory, read_only=True)
   step = ckpts.best_step() or ckpts.latest_step()
@@ -95,7 +109,7 @@ def main(argv=None) -> None:
         s = _summary(model, datasets[name], args.split)
         print(f"| {workdir} | {kind[:-1]} | {name} | {model.step} | {s['top1']:.4f} | "
               f"{s['top_prob']:.4f} | {s['entropy']:.4f} |", flush=True)
-    for name, step, head, dataset in _joint_heads(workdir):
+    for name, step, head, dataset in _joint_heads(workdir, args.data_root):
       s = _summary(head, dataset, args.split)
       print(f"| {workdir} | joint teacher | {name} | {step} | {s['top1']:.4f} | "
             f"{s['top_prob']:.4f} | {s['entropy']:.4f} |", flush=True)
