@@ -7,12 +7,12 @@
 For every `teachers/<dataset>` and `students/<dataset>` checkpoint directory under the workdirs
 (best-by-validation step, `mlfd_jax.classifier`), and for each head of the joint teacher in
 `joint/joint` (rebuilt from the config its checkpoint directory recorded, so the run's overrides
-hold; `--data_root` moves its data files too), prints on the split of its dataset: top-1, the mean probability of the top class and the
-mean entropy of the softmax (nats). A teacher that has memorised its training set gives
-sharper soft labels there, which carry less beyond the hard label (docs/results.md, "Wider
-teachers with every stage at 2,400 steps"). Each dataset is built once for the teachers and
-students, whatever number of workdirs and models read it, and once more per joint teacher (its
-run's own config).
+hold; `--data_root` moves its data files too), prints on the split of its dataset: top-1, the mean
+probability of the top class and the mean entropy of the softmax (nats). A teacher that has
+memorised its training set gives sharper soft labels there, which carry less beyond the hard label
+(docs/results.md, "Wider teachers with every stage at 2,400 steps"). Each dataset is built once for
+the teachers and students, whatever number of workdirs and models read it, and once more per joint
+teacher (its run's own config).
 """
 
 from __future__ import annotations
