@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Iterable
 
@@ -142,6 +143,11 @@ def run_label(run: dict, index: int) -> str:
   return f"seed{seed}" if seed is not None else f"run{index}"
 
 
+def label_order(label: str) -> tuple:
+  """Sort key of run labels with their numbers read as numbers: seed2 before seed10."""
+  return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", label))
+
+
 def per_run(runs: list[dict], metric: str = "test_top1", which: str = "best"
             ) -> dict[str, dict[str, dict[str, float]]]:
   """{dataset: {method: {run label: value}}} of the best-by-validation (`best`) or `last`
@@ -190,7 +196,7 @@ def pair_summary(values: dict[str, dict[str, dict[str, float]]], a: str, b: str
   if not pairs.size:
     return None
   tol = 1e-9  # accuracies are multiples of 1/N: a level pair is an exact tie up to rounding
-  run_means = {r: float(np.mean(ds)) for r, ds in sorted(by_run.items())}
+  run_means = {r: float(np.mean(by_run[r])) for r in sorted(by_run, key=label_order)}
   return {"pairs": int(pairs.size), "above": int((pairs > tol).sum()),
           "level": int((np.abs(pairs) <= tol).sum()), "below": int((pairs < -tol).sum()),
           "mean": float(pairs.mean()), "std": float(pairs.std(ddof=1)) if pairs.size > 1 else 0.0,
@@ -235,7 +241,8 @@ def default_pairs(values: dict, extra: Iterable[tuple[str, str]] = (),
 
 def format_per_run(values: dict, title: str, *, signed: bool = False) -> str:
   """One row per (dataset, method): mean ± std, then each run's value."""
-  runs = sorted({r for row in values.values() for by_run in row.values() for r in by_run})
+  runs = sorted({r for row in values.values() for by_run in row.values() for r in by_run},
+                key=label_order)
   lines = [f"### {title}", "", "| dataset | method | mean ± std | " + " | ".join(runs) + " |",
            "|---|---|---|" + "---|" * len(runs)]
   fmt = "{:+.2f}" if signed else "{:.2f}"

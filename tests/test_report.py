@@ -272,3 +272,16 @@ def test_results_keep_the_configs_dataset_order_whatever_trained_first(tmp_path)
   md = open(report.write_report([w], str(tmp_path / "out"))["md"]).read()
   rows = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| tin3_")]
   assert rows[:3] == ["| tin3_0", "| tin3_1", "| tin3_2"]
+
+
+def test_runs_are_ordered_by_seed_number_not_as_text(tmp_path):
+  """Seed 10 comes after seed 9, not between seeds 1 and 2, in every per-run column and list."""
+  runs = [_write(tmp_path / f"s{seed}", seed, {"a": {
+      "num_classes": 2, "teacher": _entry(.50),
+      "student": {**_entry(.50 + seed / 100), "method": "mlfd", "levels": "all"}}})
+      for seed in (10, 2, 1)]
+  md = open(report.write_report(runs, str(tmp_path / "out"))["md"]).read()
+  assert "| dataset | method | mean ± std | seed1 | seed2 | seed10 |" in md
+  assert "| a | mlfd | +4.33 ± 4.93 (3/3 > 0) | +1.00 | +2.00 | +10.00 |" in md
+  assert ("| mlfd − individual | 3 | 3 / 0 / 0 | +4.33 ± 4.93 | seed1 +1.00, seed2 +2.00, "
+          "seed10 +10.00 |") in md
