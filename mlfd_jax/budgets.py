@@ -37,12 +37,13 @@ def load(specs: list[str]) -> dict[int, list[dict]]:
   return dict(sorted(by_budget.items()))
 
 
-def table(by_budget: dict[int, list[dict]], models: tuple[str, ...]
+def table(per_budget: dict[int, dict], models: tuple[str, ...]
           ) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
-  """{dataset: {model: {steps: {seed label: test top-1}}}} for the requested models."""
+  """{dataset: {model: {steps: {seed label: test top-1}}}} for the requested models, from
+  each budget's `report.per_run` table."""
   out: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
-  for steps, runs in by_budget.items():
-    for dataset, row in report.per_run(runs).items():
+  for steps, per_run in per_budget.items():
+    for dataset, row in per_run.items():
       for model in models:
         if model in row:
           out.setdefault(dataset, {}).setdefault(model, {})[steps] = row[model]
@@ -90,7 +91,8 @@ def pooled_changes(change: dict) -> dict[str, dict[tuple[int, int], dict[str, fl
       for pair, by_seed in by_pair.items():
         for seed, value in by_seed.items():
           lists.setdefault(model, {}).setdefault(pair, {}).setdefault(seed, []).append(value)
-  return {model: {pair: {seed: float(np.mean(v)) for seed, v in sorted(by_seed.items())}
+  return {model: {pair: {seed: float(np.mean(by_seed[seed]))
+                         for seed in sorted(by_seed, key=report.label_order)}
                   for pair, by_seed in by_pair.items()} for model, by_pair in lists.items()}
 
 
@@ -105,7 +107,7 @@ def _summary(by_seed: dict[str, float], signed: bool) -> str:
 
 def format_markdown(values: dict, diffs: dict, base: str, change: dict | None = None) -> str:
   seeds = sorted({s for row in values.values() for m in row.values() for b in m.values()
-                  for s in b})
+                  for s in b}, key=report.label_order)
   head = ["| dataset | model | steps | mean ± std | " + " | ".join(seeds) + " |",
           "|---|---|---|---|" + "---|" * len(seeds)]
   lines = ["# Test top-1 (%) against training budget", "", *head]
@@ -198,15 +200,14 @@ def write(specs: list[str], out: str, models: tuple[str, ...] | None, base: str
           ) -> dict[str, str]:
   """budgets.md and budgets.png in `out`; `models` None: those of DEFAULT_MODELS the runs hold.
   A model named explicitly (or the base) that no run holds is an error, not an empty row."""
-  by_budget = load(specs)
-  held = sorted({m for runs in by_budget.values()
-                 for row in report.per_run(runs).values() for m in row})
+  per_budget = {steps: report.per_run(runs) for steps, runs in load(specs).items()}
+  held = sorted({m for per_run in per_budget.values() for row in per_run.values() for m in row})
   named = (base,) if models is None else (*models, base)
   for name in dict.fromkeys(named):
     if name not in held:
       raise ValueError(f"no run has a model {name!r} (--models, --base); they have: "
                        f"{', '.join(held)}")
-  values = table(by_budget, models or DEFAULT_MODELS)
+  values = table(per_budget, models or DEFAULT_MODELS)
   diffs = differences(values, base)
   fileio.makedirs(out)
   files = {"md": fileio.join(out, "budgets.md"), "png": fileio.join(out, "budgets.png")}

@@ -79,3 +79,14 @@ def test_a_model_no_run_has_is_one_line_and_writes_nothing(tmp_path):
         "mlfd_jax.budgets: error: no run has a model 'kdd' (--models, --base); they have: "
         "individual, mlfd\n")), flag
   assert not (tmp_path / "out").exists()
+
+
+def test_seeds_are_ordered_by_number_not_as_text(tmp_path):
+  """Seed 10's column comes after seed 2's, in the tables and the pooled per-seed list."""
+  specs = [f"{steps}={_run(tmp_path / f'b{steps}s{seed}', seed, 0.50, 0.50 + seed / 100)}"
+           for steps in (600, 1200) for seed in (10, 2)]
+  md = open(budgets.write(specs, str(tmp_path / "out"), ("individual", "mlfd"),
+                          "individual")["md"]).read()
+  assert "| dataset | model | steps | mean ± std | seed2 | seed10 |" in md
+  assert "| a | mlfd − individual | 600 | +6.00 ± 5.66 (2 of 2 > 0) | +2.00 | +10.00 |" in md
+  assert "| mlfd − individual | 600 → 1200 | seed2 +0.00, seed10 +0.00 |" in md
