@@ -1,11 +1,8 @@
-"""Every test process sees 8 fake CPU devices, so sharding is exercised on a laptop/CI box, and
-compiles with cheaper XLA:CPU options (tests/xla_env.py)."""
+"""Every test process sees 8 fake CPU devices, so sharding is exercised on a laptop/CI box."""
 
 import os
 
-import xla_env
-
-os.environ.setdefault("XLA_FLAGS", xla_env.flags(8))
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Many tests compile the same tiny programs; share compilations across tests and processes.

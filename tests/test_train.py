@@ -204,10 +204,6 @@ def test_a_trained_model_logs_where_its_time_went(digits_config, tmp_path, caplo
     assert summaries() == []  # a finished model trains nothing, so it reports nothing
 
 
-# XLA's own defaults, named: the tests' processes compile with cheaper options (tests/xla_env.py).
-XLA_DEFAULTS = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
-
-
 def test_init_compiled_for_speed_draws_the_default_compiles_variables(digits_config):
   """`Trainer.init` compiles its one-off program with cheaper XLA:CPU options; the variables it
   draws are bit for bit those of the default compilation (a ResNet-18 and a ConvNeXt teacher)."""
@@ -216,8 +212,7 @@ def test_init_compiled_for_speed_draws_the_default_compiles_variables(digits_con
     _, task = _teacher(digits_config, name)
     trainer = train.Trainer(task, digits_config.teacher_train, mesh, total_steps=4)
     fast = trainer.init(jax.random.key(3))
-    default = jax.jit(trainer._make, out_shardings=trainer.shardings,
-                      compiler_options=XLA_DEFAULTS)(jax.random.key(3))
+    default = jax.jit(trainer._make, out_shardings=trainer.shardings)(jax.random.key(3))
     leaves = jax.tree.leaves(default)
     assert jax.tree.structure(fast) == jax.tree.structure(default) and len(leaves) > 50
     for a, b in zip(jax.tree.leaves(fast), leaves):
