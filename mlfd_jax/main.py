@@ -64,10 +64,14 @@ def _quiet_library_info_logs() -> None:
   """Orbax logs every save/restore step at INFO, gcsfs every file it opens in a bucket; keep
   their warnings, drop the chatter. Also drop what the run reports itself, in one line: the
   asyncio copies of a failed save's error, gcsfs's last retry of a request that fails, and
-  TFDS's warning on a dataset folder without its metadata (a dataset never prepared). gcsfs's
-  fallback from its bucket-layout lookup goes to the log only."""
+  TFDS's warning on a dataset folder without its metadata (a dataset never prepared), and JAX's
+  note, first in every CPU or GPU run's log, that it found no TPU library: the run's first own
+  line names the platform it uses (a TPU library that is there but fails is still logged).
+  gcsfs's fallback from its bucket-layout lookup goes to the log only."""
   def keep(record) -> bool:
     if "has no dataset_info.json" in record.getMessage():
+      return False
+    if record.name.endswith("xla_bridge") and _no_tpu_library(record.getMessage()):
       return False
     if record.name == "asyncio" and "/orbax/" in record.getMessage():
       return False  # a failed save's writer tasks, reported once as CheckpointWriteError
@@ -88,6 +92,12 @@ def _quiet_library_info_logs() -> None:
             and "did not provide metrics" not in record.getMessage())
 
   logging.get_absl_handler().addFilter(keep)
+
+
+def _no_tpu_library(message: str) -> bool:
+  """JAX's "Unable to initialize backend 'tpu'" for a host that has no libtpu at all."""
+  return (message.startswith("Unable to initialize backend 'tpu'") and "libtpu" in message
+          and "cannot open shared object file" in message)
 
 
 def _say(line: str) -> None:

@@ -358,3 +358,18 @@ def test_check_and_all_log_the_plan_with_what_is_left(tmp_path):
       "plan: students/digits_b, 4 steps (to train)",
       "plan: students/digits_c, 4 steps (to train)",
       "plan: 7 models, 22 of their 28 steps left to train"], r.stdout[-3000:]
+
+
+def test_the_log_starts_with_the_runs_platform_not_a_missing_tpu_library(tmp_path):
+  """Left to pick its platform (no JAX_PLATFORMS, as the README's commands run), JAX first tries
+  a TPU and logs that libtpu.so cannot be opened: on a CPU or GPU host the log's first line
+  would be that alarm. The run's own first line says which platform it uses instead."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  r = subprocess.run([sys.executable, "-m", "mlfd_jax.main", "--config=configs/digits.py:tiny",
+                      f"--workdir={tmp_path}", "--config.stage=check"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  first = r.stdout.splitlines()[0]
+  assert first.split("] ", 1)[1] == "JAX process 0/1, 2 local / 2 global devices (cpu)", first
+  assert "libtpu" not in r.stdout and r.stderr == "", r.stderr
