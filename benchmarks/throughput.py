@@ -279,23 +279,36 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _at_least(kind, low):
+  """An argparse type: `kind(text)`, refused below `low` in argparse's one error line."""
+  def parse(text):
+    value = kind(text)  # a ValueError: argparse's "invalid <kind> value"
+    if value < low:
+      raise argparse.ArgumentTypeError(f"must be >= {low}; got {text}")
+    return value
+  parse.__name__ = kind.__name__
+  return parse
+
+
 def parse_args(argv):
+  from mlfd_jax import models
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--json", help="write the results here (schema: ../shared/DESIGN.md)")
-  p.add_argument("--model", default="resnet18")
-  p.add_argument("--width", type=float, default=0.125)
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--image_size", type=int, default=32)
-  p.add_argument("--teachers", type=int, default=3, help="datasets, so frozen teachers")
+  p.add_argument("--model", default="resnet18", choices=models.MODELS.names())
+  p.add_argument("--width", type=_at_least(float, 1e-3), default=0.125)
+  p.add_argument("--batch", type=_at_least(int, 1), default=128)
+  p.add_argument("--image_size", type=_at_least(int, 1), default=32)
+  p.add_argument("--teachers", type=_at_least(int, 1), default=3,
+                 help="datasets, so frozen teachers")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--depthwise", choices=("auto", "shifts", "xla"),
                  help="ConvNeXt only: how its depthwise convs run (models/depthwise.py)")
   p.add_argument("--sharding", default="replicated", choices=("replicated", "fsdp"),
                  help="the trained state's layout over the devices (config.sharding)")
   p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
-  p.add_argument("--warmup", type=int, default=3)
-  p.add_argument("--iters", type=int, default=10)
-  p.add_argument("--pipeline_steps", type=int, default=20,
+  p.add_argument("--warmup", type=_at_least(int, 0), default=3)
+  p.add_argument("--iters", type=_at_least(int, 1), default=10)
+  p.add_argument("--pipeline_steps", type=_at_least(int, 0), default=20,
                  help="steps of the input-pipeline comparison (0: skip it)")
   p.add_argument("--prefetch", type=int, default=2,
                  help="batches the input pipeline builds ahead in that comparison (training: 2)")

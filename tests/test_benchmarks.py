@@ -196,3 +196,24 @@ def test_conv_fusions_counts_where_each_convolution_of_the_step_runs(ynn, expect
   else:  # every YNNPACK fusion holds a convolution: the count of each is the same
     assert set(census["convolutions"]) <= {"xla", "__ynn_fusion"}
     assert census["fusions"]["__ynn_fusion"] == census["convolutions"].get("__ynn_fusion", 0)
+
+
+@pytest.mark.parametrize("flag, error", [
+    ("--model=resnet19", "argument --model: invalid choice: 'resnet19' (choose from "
+     "'convnext_atto', 'convnext_tiny', 'resnet18', 'resnet34', 'resnet50', 'vit_s', 'vit_ti')"),
+    ("--teachers=0", "argument --teachers: must be >= 1; got 0"),
+    ("--batch=-8", "argument --batch: must be >= 1; got -8"),
+    ("--iters=0", "argument --iters: must be >= 1; got 0"),
+])
+def test_a_bad_throughput_flag_is_refused_before_anything_is_built(tmp_path, flag, error):
+  """An unknown model used to end in a traceback from deep inside the spec building, and
+  `--teachers=0` in a division by zero; each is now argparse's usage and one error line."""
+  out = tmp_path / "t.json"
+  r = subprocess.run([sys.executable, "-m", "benchmarks.throughput", flag, "--json", str(out)],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2
+  *usage, last = r.stderr.splitlines()
+  assert last == f"throughput.py: error: {error}"
+  assert usage[0].startswith("usage: throughput.py ") and all(
+      line.startswith(" ") for line in usage[1:]), r.stderr
+  assert not out.exists() and r.stdout == ""
