@@ -67,6 +67,13 @@ def commands(config: str, workdir: str, methods: list[str], baseline_joint: bool
   return out
 
 
+def _reason(log: str) -> str:
+  """` (<the run's one-line error>)` from a failed run's log, or "" if it has none."""
+  with open(log) as f:
+    errors = [line.strip() for line in f if line.startswith("mlfd_jax: error: ")]
+  return f" ({errors[-1][len('mlfd_jax: error: '):]})" if errors else ""
+
+
 def run(args, overrides: list[str]) -> dict:
   if os.path.exists(args.workdir) and os.listdir(args.workdir):
     raise SystemExit(f"end_to_end: {args.workdir} is not empty; a resumed or skipped stage "
@@ -84,7 +91,8 @@ def run(args, overrides: list[str]) -> dict:
       proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t
     if proc.returncode:
-      raise SystemExit(f"end_to_end: [{name}] exited with {proc.returncode}; see {path}")
+      raise SystemExit(f"end_to_end: [{name}] exited with {proc.returncode}{_reason(path)}; "
+                       f"see {path}")
     with open(path) as f:
       models = trained_models(f.read())
     trained = sum(m["total_s"] for m in models)

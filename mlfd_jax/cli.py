@@ -173,11 +173,12 @@ def _tool_error(e: Exception) -> str:
 
 
 def run_tool(prog: str, body: Callable[[], None]) -> int:
-  """Runs a command's `body`; a missing input, a bad value or an output the OS refuses ends in
-  one stderr line `PROG: error: ...` and exit code 2 (MLFD_TRACEBACK=1 raises instead)."""
+  """Runs a command's `body`; a missing input, a bad value or config file, or an output the OS
+  refuses ends in one stderr line `PROG: error: ...` and exit code 2 (MLFD_TRACEBACK=1 raises
+  instead)."""
   try:
     body()
-  except (OSError, ValueError, KeyError) as e:
+  except (OSError, ValueError, KeyError, EntryError) as e:
     if os.environ.get("MLFD_TRACEBACK"):
       raise
     sys.stderr.write(f"{prog}: error: {_tool_error(e)}\n")

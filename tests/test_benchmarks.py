@@ -217,3 +217,18 @@ def test_a_bad_throughput_flag_is_refused_before_anything_is_built(tmp_path, fla
   assert usage[0].startswith("usage: throughput.py ") and all(
       line.startswith(" ") for line in usage[1:]), r.stderr
   assert not out.exists() and r.stdout == ""
+
+
+def test_end_to_end_names_why_a_stage_failed(tmp_path):
+  """A stage that fails on a bad input ends end_to_end with that input's error, not only with
+  the name of the log that holds it."""
+  workdir = tmp_path / "w"
+  r = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "configs/digits.py:tiny",
+                      str(workdir), "--config.distill.method=kdd"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 1
+  assert r.stderr == (
+      "end_to_end: [all] exited with 2 (unknown distillation method 'kdd'; valid: amtml, avg_kd, "
+      "feed, feed_seq, kd, mlfd, mlfd_last (MLFD_TRACEBACK=1 shows where)); see "
+      f"{workdir}/end_to_end/0_all.log\n")
+  assert not (workdir / "teachers").exists()

@@ -350,3 +350,27 @@ def test_confidence_tool_reads_moved_data_for_the_joint_teacher_too(tmp_path, ca
   joint = {r[2].strip(): float(r[4]) for r in rows if r[1].strip() == "joint teacher"}
   assert joint == pytest.approx({name: res[name]["joint_teacher"]["test_top1"] for name in res},
                                 abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["configs/digits.py:tiny", "WORK", "{tmp}/nowhere"],
+     "{tmp}/nowhere holds no teachers/, students/ or joint/ folder: not a run's workdir"),
+    (["configs/nope.py", "WORK"],
+     "config file 'configs/nope.py' does not exist; available: configs/cifar10_same.py, "
+     "configs/digits.py, configs/imagenet_subsets.py, configs/paper_group_a.py, "
+     "configs/shared_trio.py, configs/tiny_imagenet_subsets.py"),
+])
+def test_confidence_tool_refuses_a_path_that_is_no_workdir_in_one_line(tmp_path, argv, error):
+  """A mistyped workdir printed an empty table with exit code 0, a missing config file a
+  traceback; each is one line on stderr now (exit code 2), before any table."""
+  import subprocess
+  import sys
+  work = tmp_path / "w"
+  (work / "teachers").mkdir(parents=True)
+  argv = [a.replace("WORK", str(work)).replace("{tmp}", str(tmp_path)) for a in argv]
+  import pathlib
+  r = subprocess.run([sys.executable, "tools/confidence.py", *argv], capture_output=True,
+                     text=True, timeout=120, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert r.returncode == 2
+  assert r.stderr == f"confidence.py: error: {error.replace('{tmp}', str(tmp_path))}\n"
+  assert r.stdout == ""

@@ -86,16 +86,15 @@ def _joint_heads(workdir: str, data_root: str | None):
     yield es.name, step, functools.partial(logits, head=es.head), es.dataset
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("config", help="the runs' config, as main.py's --config")
-  parser.add_argument("workdirs", nargs="+")
-  parser.add_argument("--split", default="train", help="train, val or test")
-  parser.add_argument("--data_root", default=None, help="override of the config's data_root")
-  args = parser.parse_args(argv)
-  config = cli.load_config(args.config)
-  if args.data_root:
-    config.data_root = args.data_root
+def _check_workdirs(workdirs: list[str]) -> None:
+  """A path that holds no trained model would give an empty table: a typo, not a result."""
+  for workdir in workdirs:
+    if not any(os.path.isdir(os.path.join(workdir, d)) for d in ("teachers", "students", "joint")):
+      raise ValueError(f"{workdir} holds no teachers/, students/ or joint/ folder: not a run's "
+                       "workdir")
+
+
+def _table(args, config) -> None:
   print(f"| workdir | model | dataset | step | {args.split} top-1 | mean top-class p | "
         f"mean entropy (nats) |\n|---|---|---|---|---|---|---|")
   datasets = {}  # name -> its dataset, built on first use
@@ -115,5 +114,22 @@ def main(argv=None) -> None:
             f"{s['top_prob']:.4f} | {s['entropy']:.4f} |", flush=True)
 
 
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("config", help="the runs' config, as main.py's --config")
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--split", default="train", choices=("train", "val", "test"))
+  parser.add_argument("--data_root", default=None, help="override of the config's data_root")
+  args = parser.parse_args(argv)
+
+  def body():
+    _check_workdirs(args.workdirs)
+    config = cli.load_config(args.config)
+    if args.data_root:
+      config.data_root = args.data_root
+    _table(args, config)
+  return cli.run_tool("confidence.py", body)
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
