@@ -363,12 +363,12 @@ def test_confidence_tool_reads_moved_data_for_the_joint_teacher_too(tmp_path, ca
 def test_confidence_tool_refuses_a_path_that_is_no_workdir_in_one_line(tmp_path, argv, error):
   """A mistyped workdir printed an empty table with exit code 0, a missing config file a
   traceback; each is one line on stderr now (exit code 2), before any table."""
+  import pathlib
   import subprocess
   import sys
   work = tmp_path / "w"
   (work / "teachers").mkdir(parents=True)
   argv = [a.replace("WORK", str(work)).replace("{tmp}", str(tmp_path)) for a in argv]
-  import pathlib
   r = subprocess.run([sys.executable, "tools/confidence.py", *argv], capture_output=True,
                      text=True, timeout=120, cwd=pathlib.Path(__file__).resolve().parents[1])
   assert r.returncode == 2
