@@ -26,7 +26,7 @@ import sys
 import time
 
 from benchmarks import timing
-from mlfd_jax import report
+from mlfd_jax import cli, report
 
 SUMMARY = re.compile(r"\[(?P<model>[^\]]+)\] trained steps (?P<start>\d+)-(?P<end>\d+) in "
                      r"(?P<total>\S+): steps (?P<steps>\S+) \((?P<rate>\d+) img/s\), validation "
@@ -70,8 +70,8 @@ def commands(config: str, workdir: str, methods: list[str], baseline_joint: bool
 def _reason(log: str) -> str:
   """` (<the run's one-line error>)` from a failed run's log, or "" if it has none."""
   with open(log) as f:
-    errors = [line.strip() for line in f if line.startswith("mlfd_jax: error: ")]
-  return f" ({errors[-1][len('mlfd_jax: error: '):]})" if errors else ""
+    errors = [line.strip() for line in f if line.startswith(cli.ERROR_PREFIX)]
+  return f" ({errors[-1][len(cli.ERROR_PREFIX):]})" if errors else ""
 
 
 def run(args, overrides: list[str]) -> dict:

@@ -23,6 +23,7 @@ FLAGS = ("config", "workdir", "distributed", "coordinator_address", "num_process
 BOOL_FLAGS = ("distributed",)
 FLAGS_TAKING_VALUES = tuple(f for f in FLAGS if f not in BOOL_FLAGS)
 EXIT_CODE = 2
+ERROR_PREFIX = "mlfd_jax: error: "  # how main.py begins its one-line error (tools find it in logs)
 
 
 class EntryError(Exception):

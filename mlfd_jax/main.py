@@ -109,7 +109,7 @@ def _say(line: str) -> None:
 
 def _fail(message) -> None:
   """Ends the run with the one-line error the README promises (exit code 2)."""
-  _say(f"mlfd_jax: error: {message}")
+  _say(cli.ERROR_PREFIX + str(message))
   sys.exit(cli.EXIT_CODE)
 
 
@@ -136,7 +136,7 @@ def _join_if_distributed() -> None:
     return
 
   def give_up(message: str) -> None:  # from the watchdog thread, while JAX still waits
-    _say(f"mlfd_jax: error: {message}")
+    _say(cli.ERROR_PREFIX + str(message))
     os._exit(cli.EXIT_CODE)  # pylint: disable=protected-access  # the main thread is in C++
 
   distributed.join(**where, timeout_s=_JOIN_TIMEOUT.value, on_timeout=give_up)
